@@ -1,0 +1,541 @@
+"""Base classes: the contract of each plugin kind.
+
+A plugin class has a class attribute ``name`` (unique within its kind) and may declare
+its options as a dataclass or pydantic model ``Options``; the harness instantiates
+``cls(**options)`` with the options from the matrix file, and :class:`Plugin` validates
+them into ``self.options``. Nothing here imports torch at module import time, so
+``bench list`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from harness.errors import ConfigError, did_you_mean
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import torch
+
+    from harness.cache import ArtifactCache
+    from harness.planner import Cell
+
+PLUGIN_KINDS = ("datasets", "models", "pruners", "metrics", "executors", "plots")
+
+METRIC_REQUIREMENTS = frozenset(
+    {
+        "samples",
+        "reference_samples",
+        "trajectories",
+        "reference_trajectories",
+        "real_images",
+        "conditions",
+        "model",
+    }
+)
+
+
+def option_fields(options_cls: Any) -> list[tuple[str, str, Any, str]]:
+    """List ``(name, type, default, description)`` of an ``Options`` class."""
+    if options_cls is None:
+        return []
+    if dataclasses.is_dataclass(options_cls):
+        out = []
+        for f in dataclasses.fields(options_cls):
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = f.default_factory()  # type: ignore[misc]
+            else:
+                default = "(required)"
+            typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            out.append((f.name, typ, default, f.metadata.get("help", "")))
+        return out
+    fields = getattr(options_cls, "model_fields", None)
+    if fields is not None:  # pydantic v2
+        out = []
+        for name, info in fields.items():
+            default = "(required)" if info.is_required() else info.get_default(call_default_factory=True)
+            ann = info.annotation
+            typ = getattr(ann, "__name__", str(ann)).replace("typing.", "")
+            out.append((name, typ, default, info.description or ""))
+        return out
+    raise TypeError(f"Options of unsupported type {options_cls!r}: use a dataclass or pydantic model")
+
+
+def validate_options(cls: type, options: dict[str, Any], where: str) -> Any:
+    """Validate ``options`` against ``cls.Options``; raise a one-line ConfigError.
+
+    :param where: the key path in the matrix file, e.g. ``"pruners.iterative"``.
+    """
+    options_cls = getattr(cls, "Options", None)
+    if options_cls is None:
+        if options:
+            key = next(iter(options))
+            raise ConfigError(f"{where}.{key}: plugin '{cls.name}' takes no options")
+        return None
+    names = [f[0] for f in option_fields(options_cls)]
+    for key in options:
+        if key not in names:
+            valid = ", ".join(names) or "(none)"
+            raise ConfigError(
+                f"{where}.{key}: unknown option of '{cls.name}'{did_you_mean(key, names)}; valid: {valid}"
+            )
+    if dataclasses.is_dataclass(options_cls):
+        missing = [n for n, _t, d, _h in option_fields(options_cls) if d == "(required)" and n not in options]
+        if missing:
+            raise ConfigError(f"{where}.{missing[0]}: required option of '{cls.name}' is missing")
+        hints = _dataclass_types(options_cls)
+        for key, value in options.items():
+            _check_type(value, hints.get(key), f"{where}.{key}")
+        try:
+            return options_cls(**options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    try:
+        return options_cls(**options)
+    except Exception as exc:  # pydantic.ValidationError, kept generic to avoid the import
+        errors = getattr(exc, "errors", None)
+        if callable(errors):
+            err = errors()[0]
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            raise ConfigError(f"{where}.{loc}: {err.get('msg')} (got {err.get('input')!r})") from None
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _dataclass_types(options_cls: type) -> dict[str, Any]:
+    import typing
+
+    try:
+        return typing.get_type_hints(options_cls)
+    except Exception:  # pragma: no cover - unresolvable forward refs
+        return {}
+
+
+def _check_type(value: Any, hint: Any, where: str) -> None:
+    """Light type check for dataclass options (pydantic Options get full validation)."""
+    import typing
+
+    if hint is None or hint is Any:
+        return
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = typing.get_args(hint)
+        errors = []
+        for arg in args:
+            try:
+                _check_type(value, arg, where)
+                return
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(
+                f"{where}: {value!r} is not valid{did_you_mean(value, choices)}; valid: "
+                + ", ".join(repr(c) for c in choices)
+            )
+        return
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected None, got {value!r}")
+        return
+    base = origin or hint
+    if base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base in (list, tuple, Sequence):
+        ok = isinstance(value, (list, tuple))
+    elif isinstance(base, type):
+        ok = isinstance(value, base)
+    else:
+        ok = True
+    if not ok:
+        tname = getattr(base, "__name__", str(base))
+        raise ConfigError(f"{where}: expected {tname}, got {type(value).__name__} {value!r}")
+
+
+class Plugin:
+    """Common base of every plugin class: a ``name`` and validated ``options``."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[Any] = None
+
+    def __init__(self, **options: Any) -> None:
+        self.options = validate_options(type(self), options, f"{self.kind_name()}.{self.name}")
+
+    @classmethod
+    def kind_name(cls) -> str:
+        return "plugin"
+
+    @classmethod
+    def describe(cls) -> str:
+        """First line of the class docstring."""
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@dataclass
+class Conditions:
+    """The conditions of N samples: class labels (long tensor, N) and/or prompts.
+
+    For class-conditional models ``labels`` is set; text models use ``prompts``. Both
+    may be set (digits have prompts "a handwritten digit 3" next to labels).
+    """
+
+    labels: torch.Tensor | None = None
+    prompts: list[str] | None = None
+
+    def __len__(self) -> int:
+        if self.labels is not None:
+            return int(self.labels.shape[0])
+        return len(self.prompts or [])
+
+    def slice(self, start: int, stop: int) -> Conditions:
+        return Conditions(
+            labels=None if self.labels is None else self.labels[start:stop],
+            prompts=None if self.prompts is None else self.prompts[start:stop],
+        )
+
+
+@dataclass
+class ImageBatch:
+    """Images (float N x C x H x W in [-1, 1]) with their conditions."""
+
+    images: torch.Tensor
+    conditions: Conditions
+
+
+@dataclass
+class SampleOutput:
+    """What sampling returns.
+
+    :ivar images: decoded samples, float N x C x H x W in [0, 1], on CPU.
+    :ivar trajectory: if recorded, the sampler states x_K .. x_0 in model space,
+        float (K+1) x N x C' x H' x W', on CPU (``None`` otherwise).
+    :ivar timesteps: the K training timesteps visited (int list, from noisy to clean).
+    """
+
+    images: torch.Tensor
+    trajectory: torch.Tensor | None = None
+    timesteps: list[int] | None = None
+
+
+# ---------------------------------------------------------------------------- kinds
+
+
+class Dataset(Plugin):
+    """A dataset of real images with class labels and/or prompts.
+
+    Contract: ``load(split)`` returns an :class:`ImageBatch` of float images
+    N x C x H x W in [-1, 1] (``channels`` x ``image_size`` x ``image_size``), for
+    ``split`` in ``{"train", "reference"}``; the split is fixed (deterministic).
+    ``sample_conditions(n, generator)`` returns the conditions of n samples as a pure
+    function of the generator (paired design: same seed, same conditions).
+    """
+
+    image_size: int = 16
+    channels: int = 1
+    num_classes: int | None = None
+
+    @classmethod
+    def kind_name(cls) -> str:
+        return "dataset"
+
+    def load(self, split: str) -> ImageBatch:
+        raise NotImplementedError
+
+    def sample_conditions(self, n: int, generator: torch.Generator) -> Conditions:
+        raise NotImplementedError
+
+    def config_key(self) -> dict[str, Any]:
+        """What identifies this dataset's content for caching (name + options)."""
+        return {"name": self.name, "options": _options_dict(self.options)}
+
+
+class DiffusionModel:
+    """A denoiser with everything the harness needs to train, prune and sample it.
+
+    Contract:
+    - ``net``: the ``torch.nn.Module`` denoiser (what pruners modify).
+    - ``predict_noise(x_t, t, cond)``: epsilon prediction; ``x_t`` float N x C x H x W in
+      model space, ``t`` long N (training timesteps in [0, T)), ``cond`` as returned by
+      ``encode_conditions`` / ``null_condition``.
+    - ``encode_conditions(conditions)`` / ``null_condition(n)``: the condition tensors
+      (the null condition drives classifier-free guidance).
+    - ``decode(x0)``: model space -> images in [0, 1].
+    - ``sample(...)``: runs a sampler; must be deterministic given ``noise``.
+    - ``make_student(size_factor)``: an untrained network holding about that fraction
+      of the parameters (families that support sizes).
+    - ``encode(images)`` / ``add_noise(x0, noise, t)`` / ``num_timesteps``: the forward
+      process, for metrics that evaluate noise prediction on real data.
+    """
+
+    net: Any
+    sample_shape: tuple[int, int, int]
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def null_condition(self, n: int) -> Any:
+        raise NotImplementedError
+
+    def encode_conditions(self, conditions: Conditions) -> Any:
+        raise NotImplementedError
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (dataset space) -> model space x_0 (identity for pixel models)."""
+        raise NotImplementedError
+
+    #: number of training timesteps T (``t`` takes values 0 .. T-1)
+    num_timesteps: int = 0
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Forward process q(x_t | x_0): sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
+        raise NotImplementedError
+
+    def sample(
+        self,
+        noise: torch.Tensor,
+        conditions: Conditions,
+        *,
+        cfg_scale: float,
+        sampler: str,
+        steps: int,
+        cfg_batching: str = "auto",
+        record_trajectory: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> SampleOutput:
+        raise NotImplementedError
+
+    def make_student(self, size_factor: float) -> DiffusionModel:
+        raise NotImplementedError(f"{type(self).__name__} does not support size factors")
+
+    def to(self, device: Any) -> DiffusionModel:
+        self.net.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+
+@dataclass
+class TrainContext:
+    """What a model family's training step gets from the harness."""
+
+    device: Any
+    generator: Any
+    seed: int
+    progress: Callable[[str, int], Any] | None = None
+    log: Callable[[str], None] | None = None
+
+
+class ModelFamily(Plugin):
+    """A model architecture family: builds, trains, distils and (de)serialises models.
+
+    Contract:
+    - ``build(dataset)`` -> untrained reference :class:`DiffusionModel` for the dataset's
+      image shape and conditions.
+    - ``train_teacher(model, dataset, train, ctx)`` and ``distill_student(student,
+      teacher, dataset, train, ctx)`` train in place and return the model (families of
+      pretrained models, e.g. diffusers, return the model unchanged: ``trainable=False``).
+    - ``state(model)`` -> ``(tensors, meta)`` and ``restore(model_or_none, tensors, meta,
+      dataset)`` round-trip a model through the artifact cache (safetensors + JSON),
+      including physically pruned shapes.
+    """
+
+    trainable: ClassVar[bool] = True
+    supports_sizes: ClassVar[bool] = False
+
+    @classmethod
+    def kind_name(cls) -> str:
+        return "model"
+
+    def build(self, dataset: Dataset) -> DiffusionModel:
+        raise NotImplementedError
+
+    def train_teacher(self, model: DiffusionModel, dataset: Dataset, train: Any, ctx: TrainContext) -> DiffusionModel:
+        return model
+
+    def distill_student(
+        self, student: DiffusionModel, teacher: DiffusionModel, dataset: Dataset, train: Any, ctx: TrainContext
+    ) -> DiffusionModel:
+        return student
+
+    def state(self, model: DiffusionModel) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        raise NotImplementedError
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], dataset: Dataset) -> DiffusionModel:
+        raise NotImplementedError
+
+    def finetune(self, model: DiffusionModel, dataset: Dataset, steps: int, ctx: TrainContext) -> DiffusionModel:
+        """Denoising-loss fine-tuning for ``steps`` steps (used by pruners)."""
+        return model
+
+    def config_key(self) -> dict[str, Any]:
+        return {"name": self.name, "options": _options_dict(self.options)}
+
+
+@dataclass
+class PruneContext:
+    """What a pruner gets from the harness.
+
+    :ivar calibration: a batch of real images with conditions (model space, [-1, 1]).
+    :ivar device: the torch device.
+    :ivar generator: a seeded ``torch.Generator`` (on CPU) for any randomness.
+    :ivar finetune: ``finetune(model, steps) -> model``, denoising-loss fine-tuning.
+    :ivar example_inputs: ``(x_t, t, cond)`` tensors that ``model.net`` accepts, for
+        dependency-graph tracing (torch-pruning).
+    """
+
+    calibration: ImageBatch
+    device: Any
+    generator: Any
+    finetune: Callable[[DiffusionModel, int], DiffusionModel]
+    example_inputs: tuple[Any, ...] = ()
+    seed: int = 0
+
+
+class Pruner(Plugin):
+    """A pruning method: ``prune(model, rate, ctx) -> model``.
+
+    Contract: ``rate`` in [0, 1) is the share removed (weights, channels or heads: the
+    docstring of each pruner says which). ``model.net`` is modified or replaced; the
+    returned model must still sample. Randomness comes only from ``ctx.generator``.
+    ``removes_structure`` is True when parameters are physically removed.
+    """
+
+    removes_structure: ClassVar[bool] = False
+
+    @classmethod
+    def kind_name(cls) -> str:
+        return "pruners"
+
+    def prune(self, model: DiffusionModel, rate: float, ctx: PruneContext) -> DiffusionModel:
+        raise NotImplementedError
+
+
+@dataclass
+class MetricContext:
+    """Everything a metric may read; only the fields in ``Metric.requires`` are filled.
+
+    :ivar samples: float N x C x H x W in [0, 1] (CPU).
+    :ivar reference_samples: the reference model's samples for the same noise and
+        conditions (same shape).
+    :ivar trajectories / reference_trajectories: (K+1) x N x C' x H' x W' states x_K..x_0.
+    :ivar timesteps: the K training timesteps of the trajectory (noisy to clean).
+    :ivar real_images: real images of the dataset's reference split in [0, 1].
+    :ivar conditions: the conditions of the samples.
+    :ivar model / reference_model: the :class:`DiffusionModel` of the cell and of the
+        reference variant.
+    :ivar sampling_stats: ``{"generation_time": s/image, "peak_memory_mb": MB}``.
+    :ivar cache: the artifact cache, for metric-side artifacts (feature extractors,
+        reference statistics): use ``cache.get_or_create``.
+    """
+
+    cell: Cell
+    device: Any
+    generator: Any
+    dataset: Dataset | None = None
+    samples: Any = None
+    reference_samples: Any = None
+    trajectories: Any = None
+    reference_trajectories: Any = None
+    timesteps: list[int] | None = None
+    real_images: Any = None
+    conditions: Conditions | None = None
+    model: DiffusionModel | None = None
+    reference_model: DiffusionModel | None = None
+    sampling_stats: dict[str, float] = field(default_factory=dict)
+    cache: ArtifactCache | None = None
+
+
+class Metric(Plugin):
+    """A metric: ``compute(ctx)`` -> float, ``{name: float}`` or a list of row dicts.
+
+    Contract: ``requires`` is a subset of ``samples, reference_samples, trajectories,
+    reference_trajectories, real_images, conditions, model``; the runner fills those
+    fields of the :class:`MetricContext` (and records trajectories only when some metric
+    needs them). Row dicts have ``metric``, ``value`` and optionally ``timestep``.
+    ``higher_is_better`` says which way is better. Values are raw (not normalised).
+    A dict return stores one row per key (metric name = key).
+    """
+
+    higher_is_better: ClassVar[bool] = True
+    requires: ClassVar[frozenset[str]] = frozenset({"samples"})
+
+    @classmethod
+    def kind_name(cls) -> str:
+        return "metrics"
+
+    def compute(self, ctx: MetricContext) -> float | dict[str, float] | list[dict[str, Any]]:
+        raise NotImplementedError
+
+
+class Executor(Plugin):
+    """Runs planned work units and yields their results.
+
+    Contract: ``run(units, work)`` calls ``work(unit)`` for each
+    :class:`harness.planner.WorkUnit` (in this process or elsewhere) and yields the
+    :class:`harness.runner.CellResult` objects it returns, in any order, as they finish.
+    ``work`` is picklable. Every executor gives identical rows for the same matrix.
+    """
+
+    @classmethod
+    def kind_name(cls) -> str:
+        return "execution"
+
+    def run(self, units: Sequence[Any], work: Callable[[Any], list[Any]]) -> Iterator[Any]:
+        raise NotImplementedError
+
+
+class Plot(Plugin):
+    """A figure from a results DataFrame: ``draw(df, out_dir) -> list[Path]``.
+
+    Contract: reads only the DataFrame (as returned by ``harness.load_results``), writes
+    PNG (or other) files under ``out_dir`` and returns their paths; draws nothing (and
+    returns ``[]``) when the columns or metrics it needs are absent.
+    """
+
+    @classmethod
+    def kind_name(cls) -> str:
+        return "plots"
+
+    def draw(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
+        raise NotImplementedError
+
+
+def _options_dict(options: Any) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if dataclasses.is_dataclass(options):
+        return dataclasses.asdict(options)
+    dump = getattr(options, "model_dump", None)
+    if dump is not None:
+        return dump()
+    return dict(options)
+
+
+options_dict = _options_dict
+
+KIND_BASES: dict[str, type[Plugin]] = {
+    "datasets": Dataset,
+    "models": ModelFamily,
+    "pruners": Pruner,
+    "metrics": Metric,
+    "executors": Executor,
+    "plots": Plot,
+}

@@ -1,0 +1,167 @@
+"""Content-addressed artifact cache: safetensors + JSON metadata, written atomically.
+
+An artifact is identified by ``(kind, key)``; ``key`` is a hash of the canonical JSON of
+the config that produced it, its parent's key and the code version. Layout::
+
+    <root>/<kind>/<key>/tensors.safetensors
+    <root>/<kind>/<key>/meta.json
+
+An artifact is written into a temporary sibling folder (``.tmp-*``) and renamed into
+place, so an interrupted write is never seen as an artifact. ``get_or_create`` holds a
+per-key file lock so two processes never build the same artifact at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CODE_VERSION = "1"  # bump when a change invalidates every cached artifact
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and normalised floats, the input of every hash."""
+    return json.dumps(_normalise(obj), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _normalise(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _normalise(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_normalise(v) for v in obj]
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return "NaN"
+        if obj.is_integer():
+            return int(obj)  # 1.0 and 1 hash the same
+        return round(obj, 12)
+    return obj
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Short hex hash of ``obj``'s canonical JSON."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+@dataclass
+class Artifact:
+    """A loaded artifact: tensors (on CPU), metadata, and its folder."""
+
+    kind: str
+    key: str
+    tensors: dict[str, Any]
+    meta: dict[str, Any]
+    path: Path
+
+
+class ArtifactCache:
+    """Content-addressed store of tensors + metadata under ``root``."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    # -- keys -------------------------------------------------------------------------
+    def key(self, kind: str, config: Any, parent: str | None = None) -> str:
+        """The key of an artifact of ``kind`` built from ``config`` (and ``parent``)."""
+        return stable_hash({"kind": kind, "config": config, "parent": parent, "code": CODE_VERSION}, 20)
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    # -- read -------------------------------------------------------------------------
+    def exists(self, kind: str, key: str) -> bool:
+        p = self.path(kind, key)
+        return (p / "meta.json").is_file()
+
+    def load(self, kind: str, key: str) -> Artifact:
+        from safetensors.torch import load_file
+
+        p = self.path(kind, key)
+        meta = json.loads((p / "meta.json").read_text())
+        tensor_file = p / "tensors.safetensors"
+        tensors = load_file(str(tensor_file)) if tensor_file.is_file() else {}
+        return Artifact(kind, key, tensors, meta, p)
+
+    def load_meta(self, kind: str, key: str) -> dict[str, Any]:
+        return json.loads((self.path(kind, key) / "meta.json").read_text())
+
+    # -- write ------------------------------------------------------------------------
+    def save(self, kind: str, key: str, tensors: dict[str, Any], meta: dict[str, Any]) -> Artifact:
+        """Write atomically; if another process won the race, keep theirs."""
+        from safetensors.torch import save_file
+
+        final = self.path(kind, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=final.parent))
+        try:
+            if tensors:
+                clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+                save_file(clean, str(tmp / "tensors.safetensors"))
+            with open(tmp / "meta.json", "w") as fh:
+                json.dump({**meta, "_kind": kind, "_key": key}, fh, indent=1, sort_keys=True, default=str)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not self.exists(kind, key):
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self.load(kind, key)
+
+    @contextlib.contextmanager
+    def lock(self, kind: str, key: str) -> Iterator[None]:
+        """Exclusive inter-process lock for building one artifact."""
+        lock_dir = self.root / kind
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f".lock-{key}", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def get_or_create(
+        self,
+        kind: str,
+        config: Any,
+        build: Callable[[], tuple[dict[str, Any], dict[str, Any]]],
+        parent: str | None = None,
+    ) -> Artifact:
+        """Load the artifact for ``config``, building and saving it first if needed."""
+        key = self.key(kind, config, parent)
+        if self.exists(kind, key):
+            return self.load(kind, key)
+        with self.lock(kind, key):
+            if self.exists(kind, key):
+                return self.load(kind, key)
+            log.info("building %s artifact %s", kind, key)
+            tensors, meta = build()
+            meta = {**meta, "config": config, "parent": parent}
+            return self.save(kind, key, tensors, meta)
+
+    def clean_partial(self) -> int:
+        """Remove leftover temporary folders of interrupted writes; return how many."""
+        n = 0
+        if not self.root.is_dir():
+            return 0
+        for tmp in self.root.glob("*/.tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+            n += 1
+        return n

@@ -1,0 +1,72 @@
+"""The long-format result schema: one row per (cell, metric[, timestep]).
+
+Every Parquet fragment carries all these columns (plus one per swept plugin option,
+named by its dotted key), so a file read on its own says what it is.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+#: column -> arrow type. Order is the order in the files.
+COLUMNS: dict[str, pa.DataType] = {
+    "benchmark": pa.string(),
+    "run_id": pa.string(),
+    "cell_id": pa.string(),
+    "cell_name": pa.string(),
+    "role": pa.string(),  # reference | student | pruned | pruned_student
+    "model": pa.string(),
+    "size_factor": pa.float64(),  # NaN for the teacher / reference
+    "size_tier": pa.string(),  # tiny | small | medium | full | teacher
+    "param_ratio": pa.float64(),  # num_params / reference num_params
+    "pruning_method": pa.string(),
+    "pruning_rate": pa.float64(),
+    "sparsity": pa.float64(),  # measured share of zero weights in the denoiser
+    "cfg_scale": pa.float64(),
+    "sampler": pa.string(),
+    "steps": pa.int64(),
+    "seed": pa.int64(),
+    "dataset": pa.string(),
+    "num_samples": pa.int64(),
+    "num_params": pa.int64(),
+    "nonzero_params": pa.int64(),
+    "macs": pa.float64(),  # multiply-accumulates of one denoiser call on one sample
+    "speedup": pa.float64(),  # reference generation_time / this variant's
+    "metric": pa.string(),
+    "value": pa.float64(),
+    "timestep": pa.float64(),  # NaN unless a per-step row
+    "higher_is_better": pa.bool_(),
+    "status": pa.string(),  # ok | error
+    "error": pa.string(),
+    "duration_s": pa.float64(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+}
+
+#: columns stored as pandas categoricals by ``load_results``
+CATEGORICAL = (
+    "benchmark",
+    "run_id",
+    "role",
+    "model",
+    "size_tier",
+    "pruning_method",
+    "sampler",
+    "dataset",
+    "metric",
+    "status",
+)
+
+
+def size_tier(size_factor: float | None) -> str:
+    """The seed's tiers: tiny < 0.1 <= small < 0.3 <= medium < 0.7 <= full; teacher if None."""
+    if size_factor is None or size_factor != size_factor:  # None or NaN
+        return "teacher"
+    if size_factor < 0.1:
+        return "tiny"
+    if size_factor < 0.3:
+        return "small"
+    if size_factor < 0.7:
+        return "medium"
+    return "full"

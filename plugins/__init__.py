@@ -1,0 +1,1 @@
+"""diffbench built-in plugins."""

@@ -1,0 +1,1 @@
+"""Built-in datasets plugins (registered through the `bench` entry-point group)."""

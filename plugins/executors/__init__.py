@@ -1,0 +1,1 @@
+"""Built-in executors plugins (registered through the `bench` entry-point group)."""

@@ -1,0 +1,1 @@
+"""Built-in metrics plugins (registered through the `bench` entry-point group)."""

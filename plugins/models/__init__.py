@@ -1,0 +1,1 @@
+"""Built-in models plugins (registered through the `bench` entry-point group)."""

@@ -1,0 +1,1 @@
+"""Built-in plots plugins (registered through the `bench` entry-point group)."""

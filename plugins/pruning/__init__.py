@@ -1,0 +1,1 @@
+"""Built-in pruning plugins (registered through the `bench` entry-point group)."""
