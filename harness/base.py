@@ -282,6 +282,9 @@ class DiffusionModel:
 
     net: Any
     sample_shape: tuple[int, int, int]
+    #: name substrings of modules that pruners leave alone by default (embeddings, output
+    #: layer); the measured ``sparsity`` column counts the weights outside them.
+    protected_modules: tuple[str, ...] = ()
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         raise NotImplementedError
@@ -323,6 +326,15 @@ class DiffusionModel:
     def make_student(self, size_factor: float) -> DiffusionModel:
         raise NotImplementedError(f"{type(self).__name__} does not support size factors")
 
+    def example_inputs(self, n: int = 1) -> tuple[Any, ...]:
+        """Inputs ``net(*inputs)`` accepts for n samples (tracing, MAC counting)."""
+        import torch
+
+        device = self.device
+        x = torch.zeros(n, *self.sample_shape, device=device)
+        t = torch.zeros(n, dtype=torch.long, device=device)
+        return (x, t, self.null_condition(n))
+
     def to(self, device: Any) -> DiffusionModel:
         self.net.to(device)
         return self
@@ -346,6 +358,8 @@ class TrainContext:
 class ModelFamily(Plugin):
     """A model architecture family: builds, trains, distils and (de)serialises models.
 
+    ``samplers`` lists the values the ``sampler`` axis may take for this family.
+
     Contract:
     - ``build(dataset)`` -> untrained reference :class:`DiffusionModel` for the dataset's
       image shape and conditions.
@@ -359,6 +373,7 @@ class ModelFamily(Plugin):
 
     trainable: ClassVar[bool] = True
     supports_sizes: ClassVar[bool] = False
+    samplers: ClassVar[tuple[str, ...]] = ("ddpm", "ddim")
 
     @classmethod
     def kind_name(cls) -> str:

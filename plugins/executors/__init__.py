@@ -1,1 +1,10 @@
-"""Built-in executors plugins (registered through the `bench` entry-point group)."""
+"""Built-in executors (registered through the `bench` entry-point group)."""
+
+from harness import hookimpl
+
+
+@hookimpl
+def bench_register_executors(register):  # noqa: ANN001, ANN201
+    from plugins.executors.local import LocalExecutor
+
+    register(LocalExecutor)

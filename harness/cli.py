@@ -1,0 +1,276 @@
+"""The ``bench`` command line.
+
+User errors (:class:`harness.errors.UserError`) print one line per problem to stderr,
+without a traceback, and exit with code 2. A run whose cells failed exits with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness.base import PLUGIN_KINDS, option_fields
+from harness.errors import UserError, did_you_mean, valid_choices
+
+KIND_ALIASES = {"pruning": "pruners", "pruner": "pruners", "dataset": "datasets", "model": "models",
+                "metric": "metrics", "executor": "executors", "plot": "plots"}
+
+
+def _add_matrix_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("matrix", help="matrix file (TOML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key, VALUE in TOML syntax (repeatable), e.g. --set sampling.num_samples=10")
+    p.add_argument("--results", dest="results_dir", default=None, metavar="DIR",
+                   help="results folder (default: [execution] results_dir, 'results')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="Benchmark compressed diffusion models.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run (or resume) a matrix")
+    _add_matrix_args(p)
+    p.add_argument("--force", action="store_true", help="recompute cells already stored (old rows are kept under _superseded/)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+    p = sub.add_parser("plan", help="print the cells, what is stored and the work per stage")
+    _add_matrix_args(p)
+    p.add_argument("--cells", action="store_true", help="list every cell")
+
+    p = sub.add_parser("list", help="list plugins of one kind (or all) with their options")
+    p.add_argument("kind", nargs="?", default=None, help="datasets, models, pruners, metrics, executors or plots")
+
+    sub.add_parser("plugins", help="list loaded plugin packages and what they register")
+
+    p = sub.add_parser("results", help="summary table of a results folder")
+    p.add_argument("path", help="results folder, benchmark folder, run folder or file")
+    p.add_argument("--export", choices=["json", "csv"], default=None, help="write the rows to a file")
+    p.add_argument("--out", default=None, help="output file for --export (default: next to PATH)")
+
+    p = sub.add_parser("plot", help="draw figures from a results folder")
+    p.add_argument("path", help="results folder")
+    p.add_argument("--kind", action="append", default=None, help="plot name (repeatable; default: all that apply)")
+    p.add_argument("--compare", action="store_true", help="one figure per metric with every method")
+    p.add_argument("--out", default="figures", help="output folder (default: figures)")
+
+    p = sub.add_parser("train", help="train the teacher or distil the students of a matrix")
+    p.add_argument("what", choices=["teacher", "students"])
+    _add_matrix_args(p)
+    p.add_argument("--size-factors", default=None, help="comma-separated size factors (default: the matrix's axis)")
+
+    p = sub.add_parser("report", help="write a report (markdown or html) of a results folder")
+    p.add_argument("path")
+    p.add_argument("--out", default="report", help="output folder")
+    p.add_argument("--format", choices=["md", "html"], default="md")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except UserError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"error: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; stored cells are kept, re-run to resume", file=sys.stderr)
+        return 130
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness import runner
+
+    if args.dry_run:
+        return cmd_plan(args)
+    summary = runner.run(
+        args.matrix, args.overrides, results_dir=args.results_dir, force=args.force, fail_fast=args.fail_fast,
+        quiet=args.quiet, argv=["bench", *sys.argv[1:]],
+    )
+    if summary.run_dir is not None:
+        print(f"{summary.benchmark}: {summary.ok} ok, {summary.error} failed, {summary.skipped} already stored "
+              f"in {summary.seconds:.1f}s -> {summary.run_dir}")
+    for line in summary.errors[:20]:
+        print(f"failed: {line}", file=sys.stderr)
+    return summary.exit_code
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness import runner
+
+    report = runner.plan(args.matrix, args.overrides, results_dir=args.results_dir)
+    console = Console()
+    total = len(report.cells)
+    console.print(f"[bold]{report.benchmark}[/]: {total} cells, {len(report.stored)} already stored, "
+                  f"{total - len(report.stored)} to run")
+    if report.stages:
+        table = Table("stage", "to do", "cached", "notes")
+        for stage, counts in report.stages.items():
+            notes = ", ".join(f"{k}: {v}" for k, v in counts.items() if k not in ("to do", "cached"))
+            table.add_row(stage, str(counts.get("to do", 0)), str(counts.get("cached", "-")), notes)
+        console.print(table)
+    if getattr(args, "cells", False):
+        for cell in report.cells:
+            mark = "stored" if cell.cell_id in report.stored else "to do"
+            console.print(f"{cell.cell_id}  {mark:6}  {cell.name}", markup=False, highlight=False)
+    return 0
+
+
+def _kind(kind: str | None) -> list[str]:
+    if kind is None:
+        return list(PLUGIN_KINDS)
+    k = KIND_ALIASES.get(kind, kind)
+    if k not in PLUGIN_KINDS:
+        raise UserError(f"bench list {kind}: unknown kind{did_you_mean(kind, PLUGIN_KINDS)}; {valid_choices(PLUGIN_KINDS)}")
+    return [k]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.registry import build_registry
+
+    registry = build_registry()
+    console = Console()
+    for kind in _kind(args.kind):
+        table = Table(title=kind, show_lines=False, title_justify="left")
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        table.add_column("options (default)")
+        for name in registry.names(kind):
+            cls = registry.get(kind, name)
+            opts = "\n".join(f"{n}: {t} = {d!r}" for n, t, d, _h in option_fields(getattr(cls, "Options", None)))
+            extra = ""
+            if kind == "metrics":
+                extra = f" [{'higher' if cls.higher_is_better else 'lower'} is better; needs {', '.join(sorted(cls.requires))}]"
+            table.add_row(name, cls.describe() + extra, opts or "-")
+        console.print(table)
+    for err in registry.load_errors:
+        console.print(f"[yellow]warning:[/] {err}", highlight=False)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.registry import build_registry, get_plugin_manager, plugin_summary
+
+    pm = get_plugin_manager()
+    registry = build_registry(pm)
+    table = Table("entry point", "module", "distribution", "version", "registers")
+    for row in plugin_summary(pm, registry):
+        table.add_row(row["entry_point"], row["module"], row["distribution"], row["version"],
+                      ", ".join(row["provides"]) or "-")
+    console = Console()
+    console.print(table)
+    for err in registry.load_errors:
+        console.print(f"[yellow]warning:[/] {err}", highlight=False)
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from harness import store
+
+    df = store.load_results(args.path)
+    console = Console()
+    console.print(store.format_table(store.summarize(df)))
+    if args.export:
+        out = Path(args.out) if args.out else Path(args.path).resolve() / f"_export.{args.export}"
+        store.export(df, args.export, out)
+        console.print(f"wrote {len(df)} rows to {out}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from harness import store
+    from harness.registry import build_registry
+
+    registry = build_registry()
+    df = store.load_results(args.path)
+    names = args.kind or registry.names("plots")
+    out = Path(args.out)
+    written: list[Path] = []
+    for name in names:
+        cls = registry.get("plots", name, "--kind")
+        opts: dict[str, Any] = {}
+        if args.compare and "compare" in [f[0] for f in option_fields(getattr(cls, "Options", None))]:
+            opts["compare"] = True
+        written.extend(cls(**opts).draw(df, out))
+    for path in written:
+        print(path)
+    if not written:
+        print(f"no figure applies to the results under {args.path} (plots tried: {', '.join(names)})", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from harness.config import load_matrix
+    from harness.engine import Engine
+    from harness.planner import VariantSpec
+    from harness.progress import Progress
+    from harness.runner import cache_dir
+
+    cfg = load_matrix(args.matrix, args.overrides, results_dir=args.results_dir)
+    with Progress(0) as progress:
+        engine = Engine(cfg, cache_dir(cfg), progress=progress)
+        teacher = VariantSpec(None, "none", 0.0)
+        v = engine.variant(teacher)
+        print(f"teacher: {v.num_params:,} parameters, artifact {v.key}")
+        if args.what == "students":
+            if args.size_factors:
+                try:
+                    factors = [float(x) for x in args.size_factors.split(",") if x.strip()]
+                except ValueError:
+                    raise UserError(f"--size-factors {args.size_factors}: expected numbers such as 0.1,0.5") from None
+            else:
+                factors = [f for f in cfg.axes.get("size_factor", [])]
+            if not factors:
+                raise UserError(f"{cfg.path}: matrix.size_factor: no size factors to train; add the axis or pass --size-factors")
+            for f in factors:
+                if not 0 < f <= 1:
+                    raise UserError(f"--size-factors: {f} is not in (0, 1]")
+                s = engine.variant(VariantSpec(f, "none", 0.0))
+                print(f"student {f:g}: {s.num_params:,} parameters ({s.num_params / v.num_params:.3f} of the teacher), artifact {s.key}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness import report
+
+    path = report.write_report(Path(args.path), Path(args.out), fmt=args.format)
+    print(path)
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "plan": cmd_plan,
+    "list": cmd_list,
+    "plugins": cmd_plugins,
+    "results": cmd_results,
+    "plot": cmd_plot,
+    "train": cmd_train,
+    "report": cmd_report,
+}
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,630 @@
+"""The work of one process: build model variants, sample, measure, through the caches.
+
+Stages and their artifacts (each keyed by the hash of its inputs and its parent's key):
+
+- ``model``: the teacher (trained), students (distilled from the teacher) and pruned
+  variants (pruned from a teacher or student), as safetensors + shape metadata;
+- ``samples``: the images (and, when a metric needs them, trajectories) of one variant
+  for one (sampler, steps, CFG scale, seed, number of samples), with the measured
+  generation time;
+- ``metric``: the rows of one metric on one sample set (and its reference).
+
+So a second run trains nothing, adding a CFG scale samples only the new scale, and
+adding a metric computes only that metric. Everything here is device-agnostic: the
+device is resolved once and passed explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.base import (
+    Conditions,
+    Dataset,
+    DiffusionModel,
+    ImageBatch,
+    Metric,
+    MetricContext,
+    ModelFamily,
+    PruneContext,
+    TrainContext,
+    options_dict,
+)
+from harness.cache import ArtifactCache, stable_hash
+from harness.config import BenchConfig
+from harness.errors import CellError, UserError
+from harness.modelio import count_params
+from harness.planner import Cell, VariantSpec, WorkUnit
+from harness.schema import size_tier
+
+log = logging.getLogger(__name__)
+
+TRAJECTORY_REQS = frozenset({"trajectories", "reference_trajectories"})
+REFERENCE_REQS = frozenset({"reference_samples", "reference_trajectories", "model"})
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"execution.device: '{device}' requested but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any hashable parts (stable across processes and machines)."""
+    return int(stable_hash(list(parts), 15), 16)
+
+
+def generator(*parts: Any) -> torch.Generator:
+    """A CPU generator seeded from ``parts``."""
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+@dataclass
+class Variant:
+    """A built model variant with its measured size."""
+
+    spec: VariantSpec
+    key: str
+    model: DiffusionModel
+    num_params: int
+    nonzero_params: int
+    sparsity: float
+    macs: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SampleSet:
+    """One sampling of one variant (images in [0, 1] on CPU)."""
+
+    key: str
+    images: torch.Tensor
+    conditions: Conditions
+    trajectory: torch.Tensor | None
+    timesteps: list[int] | None
+    stats: dict[str, float]
+
+
+@dataclass
+class CellResult:
+    """The rows of one finished (or failed) cell."""
+
+    cell: Cell
+    rows: list[dict[str, Any]]
+    status: str
+    error: str | None
+    duration_s: float
+
+
+def measure_sparsity(net: torch.nn.Module, protected: tuple[str, ...]) -> float:
+    """Share of exactly-zero entries among the weight tensors (dim >= 2) of unprotected modules."""
+    total = 0
+    zeros = 0
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if p.dim() < 2 or any(s in name for s in protected):
+                continue
+            total += p.numel()
+            zeros += int((p == 0).sum().item())
+    return zeros / total if total else 0.0
+
+
+def measure_macs(model: DiffusionModel) -> float:
+    """Multiply-accumulates of one denoiser call on one sample (torch's FLOP counter / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inputs = model.example_inputs(1)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model.net(*inputs)
+    return counter.get_total_flops() / 2.0
+
+
+class Engine:
+    """Builds variants, sample sets and metric rows for cells of one matrix."""
+
+    def __init__(self, cfg: BenchConfig, cache_root: Path, progress: Any = None) -> None:
+        from harness import diffusion
+
+        self.cfg = cfg
+        self.cache = ArtifactCache(cache_root)
+        self.device = resolve_device(cfg.execution.device)
+        self.progress = progress
+        self.registry = cfg.registry
+        self._datasets: dict[str, Dataset] = {}
+        self._families: dict[str, ModelFamily] = {}
+        self._variants: dict[VariantSpec, Variant] = {}
+        self._keys: dict[VariantSpec, str] = {}
+        self._failed: dict[VariantSpec, str] = {}
+        self._real: dict[str, ImageBatch] = {}
+        self._train_cls = diffusion.TrainConfig
+        self._distill_cls = diffusion.DistillConfig
+
+    # ------------------------------------------------------------------ plugins
+    def _overrides(self, spec: VariantSpec) -> dict[str, Any]:
+        return json.loads(spec.model_overrides)
+
+    def dataset(self, spec: VariantSpec | None = None) -> Dataset:
+        over = self._overrides(spec) if spec else {}
+        opts = {**self.cfg.dataset.options, **{k.split(".", 1)[1]: v for k, v in over.items() if k.startswith("dataset.")}}
+        key = json.dumps(opts, sort_keys=True, default=str)
+        if key not in self._datasets:
+            cls = self.registry.get("datasets", self.cfg.dataset.name, "dataset.name")
+            self._datasets[key] = cls(**opts)
+        return self._datasets[key]
+
+    def family(self, spec: VariantSpec | None = None) -> ModelFamily:
+        over = self._overrides(spec) if spec else {}
+        opts = {
+            **self.cfg.model.options,
+            **{k.split(".", 1)[1]: v for k, v in over.items() if k.startswith("model.") and k.count(".") == 1},
+        }
+        key = json.dumps(opts, sort_keys=True, default=str)
+        if key not in self._families:
+            cls = self.registry.get("models", self.cfg.model.name, "model.name")
+            self._families[key] = cls(**opts)
+        return self._families[key]
+
+    def train_config(self, spec: VariantSpec) -> Any:
+        over = self._overrides(spec)
+        table = {**self.cfg.train, **{k.split(".", 2)[2]: v for k, v in over.items() if k.startswith("model.train.")}}
+        return self._train_cls(**table)
+
+    def distill_config(self, spec: VariantSpec) -> Any:
+        over = self._overrides(spec)
+        table = {**self.cfg.distill, **{k.split(".", 2)[2]: v for k, v in over.items() if k.startswith("model.distill.")}}
+        distill = self._distill_cls(**table)
+        if distill.epochs is None:
+            distill = dataclasses.replace(distill, epochs=max(1, self.train_config(spec).epochs // 2))
+        return distill
+
+    def train_context(self, *seed_parts: Any) -> TrainContext:
+        seed = derive_seed(self.cfg.benchmark.seed, *seed_parts)
+        return TrainContext(
+            device=self.device,
+            generator=torch.Generator().manual_seed(seed),
+            seed=seed,
+            progress=self.progress.task if self.progress is not None else None,
+            log=log.info,
+        )
+
+    # ------------------------------------------------------------------ variants
+    def _variant_config(self, spec: VariantSpec) -> tuple[dict[str, Any], str | None]:
+        parent = spec.parent()
+        parent_key = self.variant_key(parent) if parent is not None else None
+        if spec.is_reference:
+            fam = self.family(spec)
+            return {
+                "role": "teacher",
+                "dataset": self.dataset(spec).config_key(),
+                "model": fam.config_key(),
+                "train": dataclasses.asdict(self.train_config(spec)) if fam.trainable else None,
+                "seed": self.cfg.benchmark.seed,
+            }, None
+        if spec.pruning_method == "none":
+            return {"role": "student", "size_factor": spec.size_factor,
+                    "distill": dataclasses.asdict(self.distill_config(spec))}, parent_key
+        pruner = self.pruner(spec)
+        return {"role": "pruned", "method": spec.pruning_method, "rate": spec.pruning_rate,
+                "options": options_dict(pruner.options),
+                "code": getattr(pruner, "cache_version", "1")}, parent_key
+
+    def variant_key(self, spec: VariantSpec) -> str:
+        if spec not in self._keys:
+            config, parent = self._variant_config(spec)
+            self._keys[spec] = self.cache.key("model", config, parent)
+        return self._keys[spec]
+
+    def pruner(self, spec: VariantSpec) -> Any:
+        cls = self.registry.get("pruners", spec.pruning_method, "matrix.pruning_method")
+        return cls(**json.loads(spec.pruner_options))
+
+    def variant(self, spec: VariantSpec) -> Variant:
+        """The built variant (from memory, the cache, or built now and cached)."""
+        if spec in self._variants:
+            return self._variants[spec]
+        if spec in self._failed:
+            raise CellError(f"variant could not be built: {self._failed[spec]}")
+        # keep the reference and the most recent variant: enough for unit-by-unit work
+        for old in [s for s in self._variants if not s.is_reference and s != spec]:
+            del self._variants[old]
+        config, parent_key = self._variant_config(spec)
+        fam = self.family(spec)
+        ds = self.dataset(spec)
+        try:
+            art = self.cache.get_or_create("model", config, lambda: self._build(spec), parent=parent_key)
+        except Exception as exc:
+            self._failed[spec] = f"{type(exc).__name__}: {exc}"
+            raise
+        model = fam.restore(art.tensors, art.meta.get("model_meta", {}), ds).to(self.device)
+        model.net.eval()
+        num, nonzero = count_params(model.net)
+        variant = Variant(
+            spec=spec,
+            key=art.key,
+            model=model,
+            num_params=num,
+            nonzero_params=nonzero,
+            sparsity=measure_sparsity(model.net, model.protected_modules),
+            macs=float(art.meta.get("macs", float("nan"))),
+            meta=art.meta,
+        )
+        self._variants[spec] = variant
+        return variant
+
+    def _build(self, spec: VariantSpec) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        fam = self.family(spec)
+        ds = self.dataset(spec)
+        t0 = time.perf_counter()
+        if spec.is_reference:
+            model = fam.build(ds).to(self.device)
+            if fam.trainable:
+                log.info("training the teacher (%s)", fam.name)
+                model = fam.train_teacher(model, ds, self.train_config(spec), self.train_context("teacher"))
+        elif spec.pruning_method == "none":
+            teacher = self.variant(spec.reference()).model
+            student = teacher.make_student(float(spec.size_factor)).to(self.device)
+            log.info("distilling the student of size factor %g", spec.size_factor)
+            model = fam.distill_student(
+                student, teacher, ds, self.distill_config(spec), self.train_context("student", spec.size_factor)
+            )
+        else:
+            parent = self.variant(spec.parent())  # type: ignore[arg-type]
+            # prune a private copy: the parent stays cached in memory unchanged
+            tensors, meta = fam.state(parent.model)
+            model = fam.restore(tensors, meta, ds).to(self.device)
+            pruner = self.pruner(spec)
+            ctx = self.prune_context(spec, model, ds, fam)
+            log.info("pruning with %s at rate %g", spec.pruning_method, spec.pruning_rate)
+            model = pruner.prune(model, spec.pruning_rate, ctx)
+        model.net.eval()
+        tensors, model_meta = fam.state(model)
+        meta = {"model_meta": model_meta, "build_seconds": time.perf_counter() - t0, "macs": measure_macs(model)}
+        return tensors, meta
+
+    def prune_context(self, spec: VariantSpec, model: DiffusionModel, ds: Dataset, fam: ModelFamily) -> PruneContext:
+        train = ds.load("train")
+        gen = generator(self.cfg.benchmark.seed, "prune", spec.pruning_method, spec.pruning_rate, spec.size_factor)
+        n = min(len(train.images), 256)
+        idx = torch.randperm(len(train.images), generator=gen)[:n]
+        calib = ImageBatch(train.images[idx], _index_conditions(train.conditions, idx))
+        ft_ctx = self.train_context("finetune", spec.pruning_method, spec.pruning_rate, spec.size_factor)
+
+        def finetune(m: DiffusionModel, steps: int) -> DiffusionModel:
+            return fam.finetune(m, ds, int(steps), ft_ctx)
+
+        return PruneContext(
+            calibration=calib,
+            device=self.device,
+            generator=gen,
+            finetune=finetune,
+            example_inputs=model.example_inputs(2),
+            seed=derive_seed(self.cfg.benchmark.seed, "prune"),
+        )
+
+    # ------------------------------------------------------------------ samples
+    def sample_config(self, variant_key: str, cell: Cell, trajectory: bool) -> dict[str, Any]:
+        return {
+            "variant": variant_key,
+            "sampler": cell.axes["sampler"],
+            "steps": cell.axes["steps"],
+            "cfg_scale": cell.axes["cfg_scale"],
+            "seed": cell.axes["seed"],
+            "bench_seed": self.cfg.benchmark.seed,
+            "num_samples": cell.sampling["num_samples"],
+            "trajectory_samples": cell.sampling["trajectory_samples"] if trajectory else 0,
+            "dataset": self.dataset(cell.variant).config_key(),
+        }
+
+    def conditions(self, cell: Cell, n: int) -> Conditions:
+        """Paired design: the conditions depend only on (benchmark seed, cell seed)."""
+        gen = generator(self.cfg.benchmark.seed, cell.axes["seed"], "conditions")
+        return self.dataset(cell.variant).sample_conditions(n, gen)
+
+    def noise(self, cell: Cell, shape: tuple[int, ...], n: int) -> torch.Tensor:
+        """Paired design: sample i's initial noise depends only on (benchmark seed, cell seed, i)."""
+        out = torch.empty((n, *shape))
+        for i in range(n):
+            gen = generator(self.cfg.benchmark.seed, cell.axes["seed"], "noise", i)
+            out[i] = torch.randn(shape, generator=gen)
+        return out
+
+    def samples(self, variant_spec: VariantSpec, cell: Cell, trajectory: bool) -> SampleSet:
+        """The sample set of ``variant_spec`` under ``cell``'s sampling settings."""
+        key_traj = self.cache.key("samples", self.sample_config(self.variant_key(variant_spec), cell, True))
+        key_plain = self.cache.key("samples", self.sample_config(self.variant_key(variant_spec), cell, False))
+        if self.cache.exists("samples", key_traj):
+            key = key_traj
+        elif not trajectory and self.cache.exists("samples", key_plain):
+            key = key_plain
+        else:
+            config = self.sample_config(self.variant_key(variant_spec), cell, trajectory)
+            art = self.cache.get_or_create("samples", config, lambda: self._sample(variant_spec, cell, trajectory))
+            key = art.key
+        art = self.cache.load("samples", key)
+        n = cell.sampling["num_samples"]
+        return SampleSet(
+            key=key,
+            images=art.tensors["images"],
+            conditions=self.conditions(cell, n),
+            trajectory=art.tensors.get("trajectory"),
+            timesteps=art.meta.get("timesteps"),
+            stats=dict(art.meta["stats"]),
+        )
+
+    def _sample(self, spec: VariantSpec, cell: Cell, trajectory: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        variant = self.variant(spec)
+        model = variant.model
+        n = cell.sampling["num_samples"]
+        conditions = self.conditions(cell, n)
+        noise = self.noise(cell, tuple(model.sample_shape), n)
+        kwargs = dict(
+            cfg_scale=cell.axes["cfg_scale"],
+            sampler=cell.axes["sampler"],
+            steps=cell.axes["steps"],
+            cfg_batching=self.cfg.sampling.cfg_batching,
+            batch_size=self.cfg.sampling.batch_size,
+        )
+        cuda = self.device.type == "cuda"
+        if cell.sampling.get("warmup", True):
+            m = min(n, 4)
+            model.sample(noise[:m].to(self.device), conditions.slice(0, m), record_trajectory=False,
+                         generator=generator(0, "warmup"), **kwargs)
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t0 = time.perf_counter()
+        out = model.sample(
+            noise.to(self.device),
+            conditions,
+            record_trajectory=trajectory,
+            generator=generator(self.cfg.benchmark.seed, cell.axes["seed"], "sampler"),
+            **kwargs,
+        )
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - t0
+        if cuda:
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            # CPU: no allocator statistics; the process's peak resident set size (an upper bound)
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            peak = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+        images = out.images.detach().float().cpu()
+        if not torch.isfinite(images).all():
+            raise CellError(f"sampling produced non-finite values ({int((~torch.isfinite(images)).sum())} entries)")
+        tensors = {"images": images.contiguous()}
+        if trajectory and out.trajectory is not None:
+            m = min(n, cell.sampling["trajectory_samples"])
+            tensors["trajectory"] = out.trajectory[:, :m].detach().float().cpu().contiguous()
+        meta = {
+            "stats": {"generation_time": elapsed / n, "peak_memory_mb": peak, "sampling_seconds": elapsed},
+            "timesteps": list(out.timesteps) if out.timesteps is not None else None,
+            "device": str(self.device),
+        }
+        return tensors, meta
+
+    # ------------------------------------------------------------------ metrics
+    def real_images(self, spec: VariantSpec) -> torch.Tensor:
+        ds = self.dataset(spec)
+        key = json.dumps(ds.config_key(), sort_keys=True, default=str)
+        if key not in self._real:
+            self._real[key] = ds.load("reference")
+        return ((self._real[key].images + 1) / 2).clamp(0, 1)
+
+    def run_cell(self, cell: Cell) -> CellResult:
+        """Sample and measure one cell; failures become an error result."""
+        t0 = time.perf_counter()
+        try:
+            rows, info = self._measure(cell)
+        except (Exception, UserError) as exc:  # noqa: BLE001 - a failing cell must not stop the run
+            log.debug("cell %s failed:\n%s", cell.name, traceback.format_exc())
+            message = f"{type(exc).__name__}: {exc}".strip()
+            duration = time.perf_counter() - t0
+            return CellResult(cell, [self._row(cell, None, {}, duration, error=message)], "error", message, duration)
+        duration = time.perf_counter() - t0
+        out = [self._row(cell, r, info, duration) for r in rows]
+        return CellResult(cell, out, "ok", None, duration)
+
+    def metric_objects(self, cell: Cell) -> list[tuple[str, Metric]]:
+        objs = []
+        for spec in self.cfg.metrics:
+            cls = self.registry.get("metrics", spec.name)
+            objs.append((spec.name, cls(**cell.metric_options.get(spec.name, spec.options))))
+        return objs
+
+    def _measure(self, cell: Cell) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        metrics = self.metric_objects(cell)
+        requires = frozenset().union(*(type(m).requires for _, m in metrics)) if metrics else frozenset()
+        want_traj = bool(requires & TRAJECTORY_REQS)
+        variant = self.variant(cell.variant)
+        samples = self.samples(cell.variant, cell, want_traj)
+        ref_spec = cell.variant.reference()
+        reference = samples if cell.variant.is_reference else self.samples(ref_spec, cell, want_traj)
+        ref_variant = variant if cell.variant.is_reference else self.variant(ref_spec)
+        info = {
+            "num_params": variant.num_params,
+            "nonzero_params": variant.nonzero_params,
+            "sparsity": variant.sparsity,
+            "macs": variant.macs,
+            "param_ratio": variant.num_params / ref_variant.num_params if ref_variant.num_params else float("nan"),
+            "speedup": reference.stats["generation_time"] / samples.stats["generation_time"]
+            if samples.stats.get("generation_time")
+            else float("nan"),
+            "num_samples": int(samples.images.shape[0]),
+        }
+        rows: list[dict[str, Any]] = []
+        for name, metric in metrics:
+            rows.extend(self._metric_rows(cell, name, metric, variant, samples, ref_variant, reference))
+        return rows, info
+
+    def _metric_rows(
+        self,
+        cell: Cell,
+        name: str,
+        metric: Metric,
+        variant: Variant,
+        samples: SampleSet,
+        ref_variant: Variant,
+        reference: SampleSet,
+    ) -> list[dict[str, Any]]:
+        req = type(metric).requires
+        config = {
+            "metric": name,
+            "options": options_dict(metric.options),
+            "code": getattr(metric, "cache_version", "1"),
+            "samples": samples.key,
+            "reference": reference.key if req & REFERENCE_REQS else None,
+            "variant": variant.key if "model" in req else None,
+            "cell_seed": cell.axes["seed"],
+            "bench_seed": self.cfg.benchmark.seed,
+        }
+
+        def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            ctx = MetricContext(
+                cell=cell,
+                device=self.device,
+                generator=generator(self.cfg.benchmark.seed, cell.axes["seed"], "metric", name),
+                dataset=self.dataset(cell.variant),
+                sampling_stats=dict(samples.stats),
+                cache=self.cache,
+                timesteps=samples.timesteps,
+                samples=samples.images,
+                conditions=samples.conditions,
+            )
+            if "reference_samples" in req:
+                ctx.reference_samples = reference.images
+            if "trajectories" in req:
+                ctx.trajectories = samples.trajectory
+            if "reference_trajectories" in req:
+                ctx.reference_trajectories = reference.trajectory
+            if "real_images" in req:
+                ctx.real_images = self.real_images(cell.variant)
+            if "model" in req:
+                ctx.model = variant.model
+                ctx.reference_model = ref_variant.model
+            result = metric.compute(ctx)
+            return {}, {"rows": normalise_metric_result(name, result)}
+
+        art = self.cache.get_or_create("metric", config, compute)
+        hib = bool(type(metric).higher_is_better)
+        return [{**r, "higher_is_better": r.get("higher_is_better", hib)} for r in art.meta["rows"]]
+
+    # ------------------------------------------------------------------ rows
+    def _row(self, cell: Cell, r: dict[str, Any] | None, info: dict[str, Any], duration: float,
+             error: str | None = None) -> dict[str, Any]:
+        sf = cell.axes["size_factor"]
+        row = {
+            "cell_id": cell.cell_id,
+            "cell_name": cell.name,
+            "role": cell.role,
+            "model": self.cfg.model.name,
+            "size_factor": float("nan") if sf is None else float(sf),
+            "size_tier": size_tier(sf),
+            "param_ratio": info.get("param_ratio", float("nan")),
+            "pruning_method": cell.axes["pruning_method"],
+            "pruning_rate": float(cell.axes["pruning_rate"]),
+            "sparsity": info.get("sparsity", float("nan")),
+            "cfg_scale": float(cell.axes["cfg_scale"]),
+            "sampler": cell.axes["sampler"],
+            "steps": int(cell.axes["steps"]),
+            "seed": int(cell.axes["seed"]),
+            "dataset": self.cfg.dataset.name,
+            "num_samples": info.get("num_samples", cell.sampling["num_samples"]),
+            "num_params": info.get("num_params"),
+            "nonzero_params": info.get("nonzero_params"),
+            "macs": info.get("macs", float("nan")),
+            "speedup": info.get("speedup", float("nan")),
+            "metric": None if r is None else r["metric"],
+            "value": float("nan") if r is None else float(r["value"]),
+            "timestep": float("nan") if r is None or r.get("timestep") is None else float(r["timestep"]),
+            "higher_is_better": None if r is None else bool(r["higher_is_better"]),
+            "status": "error" if error else "ok",
+            "error": error,
+            "duration_s": duration,
+        }
+        row.update(cell.option_columns())
+        return row
+
+
+def normalise_metric_result(name: str, result: Any) -> list[dict[str, Any]]:
+    """float | {name: float} | [row dicts] -> row dicts with finite float values."""
+    if isinstance(result, dict):
+        rows = [{"metric": k, "value": v} for k, v in result.items()]
+    elif isinstance(result, (list, tuple)):
+        rows = [dict(r) for r in result]
+    else:
+        rows = [{"metric": name, "value": result}]
+    out = []
+    for r in rows:
+        if "metric" not in r or "value" not in r:
+            raise CellError(f"metric '{name}' returned a row without 'metric' and 'value': {r!r}")
+        value = float(r["value"])
+        if math.isnan(value):
+            raise CellError(f"metric '{name}' returned NaN for '{r['metric']}'")
+        clean = {"metric": str(r["metric"]), "value": value}
+        if r.get("timestep") is not None:
+            clean["timestep"] = float(r["timestep"])
+        if "higher_is_better" in r:
+            clean["higher_is_better"] = bool(r["higher_is_better"])
+        out.append(clean)
+    return out
+
+
+def _index_conditions(c: Conditions, idx: torch.Tensor) -> Conditions:
+    return Conditions(
+        labels=None if c.labels is None else c.labels[idx],
+        prompts=None if c.prompts is None else [c.prompts[i] for i in idx.tolist()],
+    )
+
+
+class UnitWorker:
+    """Runs work units (picklable, so executors can ship it to other processes)."""
+
+    def __init__(
+        self, cfg_path: str, overrides: list[str], results_dir: str, cache_dir: str, cfg: BenchConfig | None = None
+    ) -> None:
+        self.cfg_path = cfg_path
+        self.overrides = overrides
+        self.results_dir = results_dir
+        self.cache_dir = cache_dir
+        self._cfg = cfg  # reused in-process; other processes reload the matrix file
+        self._engine: Engine | None = None
+        self.progress: Any = None
+        self.on_start: Callable[[Cell], None] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_engine=None, _cfg=None, progress=None, on_start=None)
+        return state
+
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from harness.config import load_matrix
+
+            cfg = self._cfg or load_matrix(self.cfg_path, self.overrides, results_dir=self.results_dir)
+            self._engine = Engine(cfg, Path(self.cache_dir), progress=self.progress)
+        return self._engine
+
+    def __call__(self, unit: WorkUnit) -> Iterator[CellResult]:
+        engine = self.engine()
+        for cell in unit.cells:
+            if self.on_start is not None:
+                self.on_start(cell)
+            yield engine.run_cell(cell)
