@@ -142,6 +142,7 @@ def _kind(kind: str | None) -> list[str]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from harness.registry import build_registry
@@ -159,15 +160,17 @@ def cmd_list(args: argparse.Namespace) -> int:
             extra = ""
             if kind == "metrics":
                 extra = f" [{'higher' if cls.higher_is_better else 'lower'} is better; needs {', '.join(sorted(cls.requires))}]"
-            table.add_row(name, cls.describe() + extra, opts or "-")
+            # escaped: "list[str]" or "[lower is better]" are not rich markup
+            table.add_row(escape(name), escape(cls.describe() + extra), escape(opts or "-"))
         console.print(table)
     for err in registry.load_errors:
-        console.print(f"[yellow]warning:[/] {err}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(err)}", highlight=False)
     return 0
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from harness.registry import build_registry, get_plugin_manager, plugin_summary
@@ -176,12 +179,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     registry = build_registry(pm)
     table = Table("entry point", "module", "distribution", "version", "registers")
     for row in plugin_summary(pm, registry):
-        table.add_row(row["entry_point"], row["module"], row["distribution"], row["version"],
-                      ", ".join(row["provides"]) or "-")
+        table.add_row(*(escape(v) for v in (row["entry_point"], row["module"], row["distribution"], row["version"],
+                                             ", ".join(row["provides"]) or "-")))
     console = Console()
     console.print(table)
     for err in registry.load_errors:
-        console.print(f"[yellow]warning:[/] {err}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(err)}", highlight=False)
     return 0
 
 

@@ -166,7 +166,9 @@ def parse_override(text: str) -> dict[str, Any]:
         raise ConfigError(f"--set {text}: empty key; expected KEY=VALUE")
     if not value:
         raise ConfigError(f"--set {key}=: empty value; give a TOML value such as 10, 1.5, \"x\" or [1, 2]")
-    for candidate in (value, f'"{value}"'):
+    # a bare word is a string; a broken list, table or quoted string is not
+    candidates = (value,) if value[0] in "[{\"'" else (value, f'"{value}"')
+    for candidate in candidates:
         try:
             return tomllib.loads(f"{key} = {candidate}")
         except tomllib.TOMLDecodeError:
@@ -230,7 +232,7 @@ class _Validator:
 
     def raise_if_any(self) -> None:
         if self.problems:
-            raise ConfigError("\n".join(dict.fromkeys(self.problems)))
+            raise ConfigError(list(dict.fromkeys(self.problems)))
 
     # -- structure -------------------------------------------------------------------
     def run(self) -> BenchConfig:
@@ -271,7 +273,8 @@ class _Validator:
     def _plugin(self, kind: str, name: str, options: dict[str, Any], where: str) -> bool:
         if name not in self.registry.plugins[kind]:
             names = self.registry.names(kind)
-            self.fail(where + ".name" if where in ("dataset", "model") else where,
+            key = {"dataset": "dataset.name", "model": "model.name", "execution": "execution.executor"}.get(where, where)
+            self.fail(key,
                       f"unknown {_singular(kind)} '{name}'{did_you_mean(name, names)}; {valid_choices(names)}")
             return False
         cls = self.registry.get(kind, name)
@@ -395,6 +398,14 @@ class _Validator:
             elif "." in key:
                 checked = self._dotted_axis(key, values, where, m)
             else:
+                if isinstance(values[0], dict) and key in DOTTED_PREFIXES:
+                    # TOML reads an unquoted `pruners.iterative.rounds = [...]` as nested tables
+                    dotted, table = key, values[0]
+                    while isinstance(table, dict) and len(table) == 1:
+                        name, table = next(iter(table.items()))
+                        dotted += f".{name}"
+                    self.fail(where, f'unknown axis; a dotted axis must be quoted: "{dotted}" = [...]')
+                    continue
                 choices = list(BUILTIN_AXES)
                 self.fail(where, f"unknown axis{did_you_mean(key, choices)}; valid: "
                           + ", ".join(choices) + ", or a dotted plugin option such as 'pruners.iterative.rounds'")

@@ -437,7 +437,12 @@ class Engine:
             log.debug("cell %s failed:\n%s", cell.name, traceback.format_exc())
             message = f"{type(exc).__name__}: {exc}".strip()
             duration = time.perf_counter() - t0
-            return CellResult(cell, [self._row(cell, None, {}, duration, error=message)], "error", message, duration)
+            # one error row per metric of the cell: the store (and summaries) key rows by metric
+            failed = [{"metric": m.name, "value": float("nan"),
+                       "higher_is_better": self.registry.get("metrics", m.name).higher_is_better}
+                      for m in self.cfg.metrics]
+            rows = [self._row(cell, r, {}, duration, error=message) for r in failed]
+            return CellResult(cell, rows, "error", message, duration)
         duration = time.perf_counter() - t0
         out = [self._row(cell, r, info, duration) for r in rows]
         return CellResult(cell, out, "ok", None, duration)

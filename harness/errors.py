@@ -17,8 +17,11 @@ class UserError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split("\n")))
+    def __init__(self, message: str | list[str]) -> None:
+        # One line per problem: a list of problems (a matrix with several mistakes) keeps
+        # one line each; newlines inside a single problem are folded.
+        problems = message if isinstance(message, list) else [message]
+        super().__init__("\n".join(" ".join(str(m).split("\n")) for m in problems))
 
 
 class ConfigError(UserError):

@@ -8,7 +8,6 @@ distribution names) keeps plugins from loading.
 from __future__ import annotations
 
 import importlib.metadata as md
-import inspect
 import logging
 import os
 from dataclasses import dataclass, field
@@ -37,6 +36,8 @@ class PluginInfo:
     module: str
     distribution: str
     version: str
+    #: name of the plugin (entry point) whose hook registered the class
+    plugin: str = ""
 
     @property
     def source(self) -> str:
@@ -50,7 +51,7 @@ class Registry:
     plugins: dict[str, dict[str, PluginInfo]] = field(default_factory=lambda: {k: {} for k in PLUGIN_KINDS})
     load_errors: list[str] = field(default_factory=list)
 
-    def add(self, kind: str, cls: type, module: str, distribution: str, version: str) -> None:
+    def add(self, kind: str, cls: type, module: str, distribution: str, version: str, plugin: str = "") -> None:
         base = KIND_BASES[kind]
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise PluginError(
@@ -59,7 +60,7 @@ class Registry:
         name = getattr(cls, "name", "")
         if not name or not isinstance(name, str):
             raise PluginError(f"plugin {module}: {cls.__name__} has no class attribute 'name'")
-        info = PluginInfo(kind, name, cls, module, distribution, version)
+        info = PluginInfo(kind, name, cls, module, distribution, version, plugin)
         existing = self.plugins[kind].get(name)
         if existing is not None and existing.cls is not cls:
             raise PluginError(
@@ -139,8 +140,9 @@ def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
             dist_name = dist.name if dist is not None else "(not installed)"
             version = dist.version if dist is not None else "-"
 
-            def register(cls: type, _m: str = module, _d: str = dist_name, _v: str = version, _k: str = kind) -> None:
-                registry.add(_k, cls, getattr(cls, "__module__", _m), _d, _v)
+            def register(cls: type, _m: str = module, _d: str = dist_name, _v: str = version, _k: str = kind,
+                         _p: str = plugin_name) -> None:
+                registry.add(_k, cls, getattr(cls, "__module__", _m), _d, _v, _p)
 
             impl.function(register)
     return registry
@@ -152,13 +154,10 @@ def plugin_summary(pm: pluggy.PluginManager, registry: Registry) -> list[dict[st
     rows = []
     for name, plugin in pm.list_name_plugin():
         module = getattr(plugin, "__name__", repr(plugin))
-        provides = []
-        for kind, infos in registry.plugins.items():
-            for info in infos.values():
-                if inspect.getmodule(info.cls) is not None and (
-                    info.cls.__module__ == module or info.cls.__module__.startswith(module + ".")
-                ):
-                    provides.append(f"{kind}:{info.name}")
+        # what this plugin's hooks registered (a class may live in another module, e.g.
+        # plugins.datasets registers plugins.models.synthetic.SyntheticDataset)
+        provides = [f"{kind}:{info.name}" for kind, infos in registry.plugins.items()
+                    for info in infos.values() if info.plugin == name]
         dist = dists.get(name)
         rows.append(
             {

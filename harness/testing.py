@@ -172,8 +172,16 @@ class PrunerContract(_NameContract):
     def _cls(self) -> type:
         return self.pruner_cls
 
+    def make_model(self) -> Any:
+        """The model pruned by the checks: the synthetic stand-in (two convs, an embedding).
+
+        Override it for a pruner whose target is absent from the stand-in (attention
+        heads, channels not tied to a protected embedding); return a fresh model per call.
+        """
+        return tiny_model()
+
     def _prune(self, rate: float, seed: int = 0) -> tuple[Any, Any]:
-        model = tiny_model()
+        model = self.make_model()
         pruned = self.pruner_cls(**self.pruner_options).prune(model, rate, prune_context(model, seed))
         return model, pruned
 
@@ -194,7 +202,7 @@ class PrunerContract(_NameContract):
     def test_removes_something(self) -> None:
         from harness.modelio import count_params
 
-        before = count_params(tiny_model().net)
+        before = count_params(self.make_model().net)
         _, pruned = self._prune(max(self.rates))
         after = count_params(pruned.net)
         assert after[1] < before[1], "pruning at a high rate left every parameter in place"

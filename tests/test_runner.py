@@ -1,0 +1,348 @@
+"""The runner on the synthetic benchmark: rows, resume, --force, failures, crashes, hooks."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import harness
+from harness import hookimpl, runner
+from harness.base import Metric, MetricContext
+from harness.cli import main
+from harness.config import load_matrix
+from harness.planner import plan_cells
+from harness.schema import COLUMNS
+from harness.store import fragment_files
+
+REPO = Path(__file__).resolve().parents[1]
+SYNTHETIC = REPO / "benchmarks" / "synthetic.toml"
+#: reference x 2 seeds + magnitude@0.5 x 2 seeds = 4 cells, 2 metrics each
+SMALL = [
+    'matrix.pruning_method=["none", "magnitude"]',
+    "matrix.pruning_rate=[0.5]",
+    "matrix.cfg_scale=[1.0]",
+    "matrix.seed=[0, 1]",
+]
+METRICS = {"synthetic_quality", "generation_time"}
+
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> None:
+    # overrides conftest's: the synthetic model's tensors are tiny, and on a busy machine
+    # a second intra-op thread costs far more in synchronisation than it saves
+    import torch
+
+    torch.set_num_threads(1)
+
+def live_fragments(results: Path) -> list[Path]:
+    # os.walk, not rglob: the run being killed creates and renames cache folders meanwhile
+    return sorted(fragment_files(results))
+
+
+def run(results: Path, overrides: list[str] | None = None, **kw: Any) -> runner.RunSummary:
+    return runner.run(SYNTHETIC, [*SMALL, *(overrides or [])], results_dir=str(results), stream=io.StringIO(),
+                      interactive=False, **kw)
+
+
+@pytest.fixture
+def extra_plugins(monkeypatch):
+    """``extra_plugins(obj, ...)``: every plugin manager the harness builds also registers these."""
+
+    def _install(*plugins: Any) -> None:
+        from harness import registry
+
+        original = registry.get_plugin_manager
+
+        def get_plugin_manager(load_entrypoints: bool = True, extra: list[Any] | None = None) -> Any:
+            return original(load_entrypoints, [*plugins, *(extra or [])])
+
+        monkeypatch.setattr(registry, "get_plugin_manager", get_plugin_manager)
+        monkeypatch.setattr(runner, "get_plugin_manager", get_plugin_manager)
+
+    return _install
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, runner.RunSummary]:
+    """The small synthetic matrix, run once for the module's read-only tests."""
+    import torch
+
+    torch.set_num_threads(1)  # module-scoped: runs before the function-scoped _threads
+    results = tmp_path_factory.mktemp("results")
+    return results, run(results)
+
+
+def test_one_row_per_cell_and_metric_with_every_column(finished):
+    results, summary = finished
+    assert (summary.total, summary.ok, summary.error, summary.skipped) == (4, 4, 0, 0)
+    frags = live_fragments(results)
+    assert len(frags) == 4
+    for frag in frags:
+        table = pq.read_table(frag)
+        assert table.column_names[: len(COLUMNS)] == list(COLUMNS)
+        rows = table.to_pylist()
+        assert {r["metric"] for r in rows} == METRICS and len(rows) == len(METRICS)
+        assert {r["cell_id"] for r in rows} == {frag.stem}
+        assert {r["status"] for r in rows} == {"ok"}
+        assert all(r["error"] is None for r in rows)
+        assert {r["benchmark"] for r in rows} == {"synthetic"}
+        assert {r["run_id"] for r in rows} == {summary.run_id}
+    cells = plan_cells(load_matrix(SYNTHETIC, SMALL))
+    assert {f.stem for f in frags} == {c.cell_id for c in cells}
+
+
+def test_columns_hold_the_cells_values(finished):
+    results, _ = finished
+    df = harness.load_results(results)
+    assert len(df) == 8
+    pruned = df[df["pruning_method"] == "magnitude"]
+    assert set(pruned["role"]) == {"pruned"} and set(pruned["pruning_rate"]) == {0.5}
+    assert (pruned["sparsity"] > 0).all()  # measured on the pruned model, not assumed
+    assert (pruned["nonzero_params"] < pruned["num_params"]).all()
+    ref = df[df["role"] == "reference"]
+    assert (ref["sparsity"] == 0).all() and (ref["param_ratio"] == 1).all()
+    assert set(df["seed"]) == {0, 1} and set(df["cfg_scale"]) == {1.0}
+    assert set(df["dataset"]) == {"synthetic"} and set(df["model"]) == {"synthetic"}
+    assert (df["num_samples"] == 16).all() and (df["steps"] == 4).all()
+    assert df["size_factor"].isna().all() and set(df["size_tier"]) == {"teacher"}
+    assert df["value"].notna().all() and (df["macs"] > 0).all()
+    gen = df[df["metric"] == "generation_time"]
+    assert (gen["value"] > 0).all() and not gen["higher_is_better"].any()
+
+
+def test_pandas_and_load_results_read_the_folder(finished):
+    results, _ = finished
+    raw = pd.read_parquet(results)
+    assert len(raw) == 8
+    assert set(COLUMNS) <= set(raw.columns)
+    df = harness.load_results(results)
+    assert len(df) == 8
+    assert list(df.columns[: len(COLUMNS)]) == list(COLUMNS)
+    assert isinstance(df["metric"].dtype, pd.CategoricalDtype)
+    with_ref = harness.load_results(results, with_reference=True)
+    assert with_ref["reference_value"].notna().all()
+    assert (with_ref.loc[with_ref["role"] == "reference", "delta"] == 0).all()
+
+
+def test_manifest_describes_the_run(finished):
+    import json
+
+    results, summary = finished
+    manifest = json.loads((summary.run_dir / "_manifest.json").read_text())
+    assert manifest["benchmark"] == "synthetic"
+    assert manifest["run_id"] == summary.run_id
+    assert manifest["end_time"] and manifest["status"] == "finished"
+    assert manifest["resolved"]["axes"]["pruning_rate"] == [0.5]
+    assert "torch" in manifest["versions"]
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_second_run_computes_nothing(tmp_path, capsys):
+    first = run(tmp_path)
+    assert first.ok == 4
+    before = live_fragments(tmp_path)
+    second = run(tmp_path)
+    assert second.skipped == second.total == 4
+    assert second.ok == second.error == 0 and second.run_id is None
+    assert live_fragments(tmp_path) == before
+    assert [p.name for p in (tmp_path / "synthetic").iterdir() if not p.name.startswith((".", "_"))] == [first.run_id]
+    code = main(["plan", str(SYNTHETIC), "--results", str(tmp_path), *[a for o in SMALL for a in ("--set", o)]])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "synthetic: 4 cells, 4 already stored, 0 to run" in out
+
+
+def test_new_cells_only_are_computed(tmp_path):
+    run(tmp_path)
+    summary = run(tmp_path, ["matrix.seed=[0, 1, 2]"])
+    assert (summary.total, summary.skipped, summary.ok) == (6, 4, 2)
+    assert len(live_fragments(tmp_path)) == 6
+
+
+def test_force_recomputes_and_keeps_the_old_fragments(tmp_path):
+    first = run(tmp_path)
+    old = {p.stem: p.read_bytes() for p in live_fragments(tmp_path)}
+    second = run(tmp_path, force=True)
+    assert (second.ok, second.skipped) == (4, 0)
+    live = live_fragments(tmp_path)
+    assert len(live) == 4 and {p.parent.name for p in live} == {second.run_id}
+    superseded = sorted((tmp_path / "synthetic" / "_superseded" / first.run_id).iterdir())
+    assert [p.name for p in superseded] == sorted(f"{cid}.parquet.superseded" for cid in old)
+    for p in superseded:  # no data lost: the old fragments, byte for byte
+        assert p.read_bytes() == old[p.name.split(".")[0]]
+    assert len(harness.load_results(tmp_path)) == 8
+    assert len(pd.read_parquet(tmp_path)) == 8
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+class Flaky(Metric):
+    """Fails on every cell of seed 1 (test plugin)."""
+
+    name = "flaky"
+    requires: ClassVar[frozenset[str]] = frozenset({"samples"})
+
+    def compute(self, ctx: MetricContext) -> float:
+        if ctx.cell.axes["seed"] == 1:
+            raise ValueError("flaky fails on seed 1")
+        return 0.5
+
+
+class FlakyPlugin:
+    @hookimpl
+    def bench_register_metrics(self, register: Any) -> None:
+        register(Flaky)
+
+
+FLAKY = ['metrics.names=["synthetic_quality", "flaky"]']
+
+
+def test_a_failing_metric_records_error_rows_and_the_run_goes_on(tmp_path, extra_plugins):
+    extra_plugins(FlakyPlugin())
+    summary = run(tmp_path, FLAKY)
+    assert (summary.ok, summary.error, summary.exit_code) == (2, 2, 1)
+    df = harness.load_results(tmp_path)
+    errors = df[df["status"] == "error"]
+    assert set(errors["seed"]) == {1} and len(errors) == 4  # one row per metric of each failed cell
+    assert set(errors["metric"]) == {"synthetic_quality", "flaky"}
+    assert set(errors["error"]) == {"ValueError: flaky fails on seed 1"}
+    assert errors["value"].isna().all()
+    ok = df[df["status"] == "ok"]
+    assert set(ok["seed"]) == {0} and set(ok["metric"]) == {"synthetic_quality", "flaky"}
+    assert len(summary.errors) == 2 and all("flaky fails on seed 1" in e for e in summary.errors)
+
+
+def test_failed_cells_are_retried_by_the_next_run(tmp_path, extra_plugins):
+    extra_plugins(FlakyPlugin())
+    run(tmp_path, FLAKY)
+    again = run(tmp_path, FLAKY)
+    assert (again.skipped, again.error) == (2, 2)
+    assert len(live_fragments(tmp_path)) == 4  # the retried cells superseded their error fragments
+
+
+def test_failed_cells_exit_1_through_the_cli(tmp_path, extra_plugins, capsys):
+    extra_plugins(FlakyPlugin())
+    args = [a for o in [*SMALL, *FLAKY] for a in ("--set", o)]
+    code = main(["run", str(SYNTHETIC), "--results", str(tmp_path), *args])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "synthetic: 2 ok, 2 failed, 0 already stored" in out
+    failed = [line for line in err.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 2
+    assert all(line.endswith(": ValueError: flaky fails on seed 1") for line in failed)
+    assert "Traceback" not in err
+
+
+def test_fail_fast_stops_at_the_first_failed_cell(tmp_path, extra_plugins):
+    extra_plugins(FlakyPlugin())
+    summary = run(tmp_path, FLAKY, fail_fast=True)
+    assert summary.error == 1
+    assert summary.ok + summary.error < summary.total
+    assert len(live_fragments(tmp_path)) == summary.ok + summary.error
+    manifest = pd.read_json(summary.run_dir / "_manifest.json", typ="series")
+    assert manifest["end_time"]
+
+
+# ----------------------------------------------------------------------------- crash
+
+
+def test_sigkill_half_way_then_resume(tmp_path):
+    """A crash loses at most the cells in flight; a re-run completes every cell once."""
+    # 5 seeds x 2 cfg x (reference + 2 methods x 9 rates) = 190 cells, ~20 ms of simulated work each
+    overrides = ["model.cost_ms=10", "matrix.seed=[0, 1, 2, 3, 4]", 'metrics.names=["synthetic_quality"]']
+    args = [a for o in overrides for a in ("--set", o)]
+    bench = Path(sys.executable).with_name("bench")
+    proc = subprocess.Popen(
+        [str(bench), "run", str(SYNTHETIC), "--results", str(tmp_path), *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(live_fragments(tmp_path)) < 30:
+            assert proc.poll() is None, "the run finished before it could be killed"
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    done = len(live_fragments(tmp_path))
+    cells = plan_cells(load_matrix(SYNTHETIC, overrides))
+    assert len(cells) == 190 and 30 <= done < 190
+    for frag in live_fragments(tmp_path):  # what is visible is whole
+        pq.read_table(frag)
+
+    summary = runner.run(SYNTHETIC, overrides, results_dir=str(tmp_path), quiet=True)
+    assert summary.error == 0
+    assert summary.skipped >= done and summary.skipped + summary.ok == 190
+
+    frags = live_fragments(tmp_path)
+    stems = [f.stem for f in frags]
+    assert sorted(stems) == sorted(c.cell_id for c in cells)  # every cell exactly once
+    for frag in frags:
+        assert pq.read_table(frag).num_rows == 1
+    df = harness.load_results(tmp_path)
+    assert len(df) == 190 and df["cell_id"].is_unique
+    assert len(pd.read_parquet(tmp_path)) == 190
+
+
+# ----------------------------------------------------------------------------- hooks
+
+
+class Recorder:
+    """Records lifecycle hook calls."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    @hookimpl
+    def bench_before_cell(self, cell: Any) -> None:
+        self.events.append(("before", cell.cell_id))
+
+    @hookimpl
+    def bench_after_cell(self, cell: Any, rows: list[dict[str, Any]]) -> None:
+        assert {r["cell_id"] for r in rows} == {cell.cell_id}
+        self.events.append(("after", cell.cell_id))
+
+    @hookimpl
+    def bench_run_finished(self, run_dir: Path, summary: dict[str, Any]) -> None:
+        self.events.append(("finished", (run_dir, summary["ok"], summary["error"], summary["skipped"])))
+
+
+def test_lifecycle_hooks_are_called_in_order(tmp_path, extra_plugins):
+    recorder = Recorder()
+    extra_plugins(recorder)
+    summary = run(tmp_path)
+    events = recorder.events
+    assert len(events) == 2 * 4 + 1
+    cell_ids = [cid for kind, cid in events[:-1:2]]
+    for i, cid in enumerate(cell_ids):
+        assert events[2 * i] == ("before", cid)
+        assert events[2 * i + 1] == ("after", cid)
+    assert sorted(cell_ids) == sorted(p.stem for p in live_fragments(tmp_path))
+    assert events[-1] == ("finished", (summary.run_dir, 4, 0, 0))
+
+
+def test_after_cell_sees_failed_cells_too(tmp_path, extra_plugins):
+    recorder = Recorder()
+    extra_plugins(recorder, FlakyPlugin())
+    run(tmp_path, FLAKY)
+    assert [k for k, _ in recorder.events] == ["before", "after"] * 4 + ["finished"]
+    assert recorder.events[-1][1][1:] == (2, 2, 0)
