@@ -1,0 +1,298 @@
+"""Shared helpers of the built-in pruners: scope, protection, masks and measurement.
+
+Scope of the unstructured pruners ("prunable weights"): the ``weight`` of every
+``Conv1d/2d/ConvTranspose2d`` and ``Linear`` module (this includes the ``out_proj`` of
+``nn.MultiheadAttention``) and the input projection of every ``nn.MultiheadAttention``
+(``in_proj_weight``, or ``q/k/v_proj_weight`` when key/value widths differ), minus the
+protected modules. Biases, norms and embeddings are never pruned.
+
+Protection: a module is protected when its qualified name (``net.named_modules()``)
+contains one of the ``protect`` substrings (default: ``time_embed``, ``class_embed``,
+``out_conv``: the time and class embeddings and the output conv), or when the network
+lists it in ``net.ignored_layers()`` (the built-in UNet does); everything inside a
+protected module is protected too. Unstructured pruners leave protected weights
+untouched; the structured pruner keeps their output channels (their input channels may
+shrink with the layer that feeds them, which the output conv needs). The image channels
+(the in-channels of the first conv) are never removed: they are the network's input,
+which torch-pruning's dependency graph cannot prune.
+
+Sparsity (:func:`weight_sparsity`) is measured, never assumed: the share of exactly-zero
+entries among the prunable weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from harness.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: name substrings protected by default: time/class embeddings and the output conv
+DEFAULT_PROTECT: tuple[str, ...] = ("time_embed", "class_embed", "out_conv")
+
+_CONV_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear)
+
+
+def protect_field() -> Any:
+    """The ``protect`` option shared by every built-in pruner (a dataclass field)."""
+    return field(
+        default_factory=lambda: list(DEFAULT_PROTECT),
+        metadata={"help": "module-name substrings never pruned (embeddings, output conv by default)"},
+    )
+
+
+def check_rate(rate: float, pruner: str) -> float:
+    """Validate a pruning rate (share removed, in [0, 1)); one-line error otherwise."""
+    try:
+        value = float(rate)
+    except (TypeError, ValueError):
+        raise ConfigError(f"pruning_rate: {rate!r} is not a number (pruner '{pruner}')") from None
+    if not 0.0 <= value < 1.0 or math.isnan(value):
+        raise ConfigError(f"pruning_rate: {rate!r} is out of range for pruner '{pruner}'; valid: 0 <= rate < 1")
+    return value
+
+
+# ---------------------------------------------------------------------------- protection
+
+
+def protected_modules(
+    net: nn.Module, protect: Iterable[str] = DEFAULT_PROTECT, *, warn: bool = False
+) -> dict[str, nn.Module]:
+    """Every protected module of ``net`` (name -> module), submodules included.
+
+    :param warn: log a warning for each ``protect`` pattern that matches no module.
+    """
+    patterns = [p for p in protect if p]
+    declared: set[int] = set()
+    ignored = getattr(net, "ignored_layers", None)
+    if callable(ignored):
+        for m in ignored():
+            declared.update(id(sub) for sub in m.modules())
+    out: dict[str, nn.Module] = {}
+    used: set[str] = set()
+    for name, module in net.named_modules():
+        hits = [p for p in patterns if p in name]
+        used.update(hits)
+        if hits or id(module) in declared:
+            out[name] = module
+    for p in patterns:
+        if warn and p not in used:
+            log.warning("pruning: protect pattern %r matches no module of %s", p, type(net).__name__)
+    return out
+
+
+@dataclass(frozen=True)
+class WeightRef:
+    """One prunable weight: ``getattr(module, attr)``, called ``name`` in the state dict."""
+
+    name: str
+    module: nn.Module
+    attr: str
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        return getattr(self.module, self.attr)
+
+
+def prunable_weights(
+    net: nn.Module, protect: Iterable[str] = DEFAULT_PROTECT, *, warn: bool = False
+) -> list[WeightRef]:
+    """The prunable weights of ``net`` in module order (see the module docstring)."""
+    protected = {id(m) for m in protected_modules(net, protect, warn=warn).values()}
+    refs: list[WeightRef] = []
+    for name, module in net.named_modules():
+        if id(module) in protected:
+            continue
+        prefix = f"{name}." if name else ""
+        if isinstance(module, _CONV_LINEAR):
+            if isinstance(getattr(module, "weight", None), torch.Tensor):
+                refs.append(WeightRef(prefix + "weight", module, "weight"))
+        elif isinstance(module, nn.MultiheadAttention):
+            attrs = ("in_proj_weight",) if module._qkv_same_embed_dim else ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+            for attr in attrs:
+                if isinstance(getattr(module, attr, None), torch.Tensor):
+                    refs.append(WeightRef(prefix + attr, module, attr))
+    return refs
+
+
+def resolve(net: nn.Module, names: Sequence[str]) -> list[WeightRef]:
+    """Weight references of ``net`` by state-dict name (after a fine-tune may have copied it)."""
+    modules = dict(net.named_modules())
+    refs = []
+    for n in names:
+        owner, _, attr = n.rpartition(".")
+        refs.append(WeightRef(n, modules[owner], attr))
+    return refs
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def weight_sparsity(net: nn.Module, protect: Iterable[str] = DEFAULT_PROTECT) -> float:
+    """Share of exactly-zero entries among the prunable weights of ``net`` (measured)."""
+    zeros = 0
+    total = 0
+    with torch.no_grad():
+        for ref in prunable_weights(net, protect):
+            t = ref.tensor
+            zeros += int((t == 0).sum())
+            total += t.numel()
+    return zeros / total if total else 0.0
+
+
+def count_macs(net: nn.Module, example_inputs: Sequence[Any]) -> int:
+    """Multiply-accumulates of one forward pass on ``example_inputs`` (flops / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(*example_inputs)
+    finally:
+        net.train(was_training)
+    return int(counter.get_total_flops()) // 2
+
+
+# ---------------------------------------------------------------------------- masks
+
+
+class WeightMask(nn.Module):
+    """A ``torch.nn.utils.parametrize`` parametrisation: ``weight = original * mask``.
+
+    Used while fine-tuning between pruning rounds. Unlike ``torch.nn.utils.prune`` hooks
+    it is recomputed on every access (``nn.MultiheadAttention`` reads ``out_proj.weight``
+    without calling ``out_proj``, so a pre-forward hook would go stale) and a masked
+    network can be deep-copied.
+    """
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+def make_permanent(net: nn.Module) -> int:
+    """Fold every pruning mask of ``net`` into its weight; return how many.
+
+    Handles ``torch.nn.utils.prune`` re-parametrisations and :class:`WeightMask`
+    parametrisations; afterwards the weights are plain parameters again.
+    """
+    from torch.nn.utils import parametrize
+
+    n = 0
+    for module in list(net.modules()):
+        hooks = list(module._forward_pre_hooks.values())
+        for name in [h._tensor_name for h in hooks if isinstance(h, prune.BasePruningMethod)]:
+            prune.remove(module, name)
+            n += 1
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                if any(isinstance(p, WeightMask) for p in module.parametrizations[name]):
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+                    n += 1
+    return n
+
+
+def attach_masks(refs: Sequence[WeightRef], masks: Sequence[torch.Tensor]) -> None:
+    """Attach ``masks`` as :class:`WeightMask` parametrisations (they hold in training)."""
+    from torch.nn.utils import parametrize
+
+    for ref, mask in zip(refs, masks, strict=True):
+        t = ref.tensor
+        parametrize.register_parametrization(ref.module, ref.attr, WeightMask(mask.to(device=t.device, dtype=t.dtype)))
+
+
+def apply_masks(refs: Sequence[WeightRef], masks: Sequence[torch.Tensor]) -> None:
+    """Zero the weights where ``masks`` is 0, permanently (plain parameters afterwards)."""
+    for ref, mask in zip(refs, masks, strict=True):
+        t = ref.tensor
+        prune.custom_from_mask(ref.module, ref.attr, mask.to(device=t.device, dtype=t.dtype))
+        prune.remove(ref.module, ref.attr)
+
+
+def global_magnitude_masks(
+    refs: Sequence[WeightRef], count: int, keep_zero: Sequence[torch.Tensor] | None = None
+) -> list[torch.Tensor]:
+    """Masks (1 = keep) removing the ``count`` smallest-|w| entries over all ``refs``.
+
+    ``keep_zero``: earlier masks whose removed entries must stay removed (they are ranked
+    first), so successive calls give nested masks.
+    """
+    with torch.no_grad():
+        scores = []
+        for i, ref in enumerate(refs):
+            s = ref.tensor.detach().abs().flatten().to("cpu", torch.float32)
+            if keep_zero is not None:
+                s = torch.where(keep_zero[i].flatten().to("cpu") == 0, torch.full_like(s, -1.0), s)
+            scores.append(s)
+        flat = torch.cat(scores)
+        mask = torch.ones_like(flat)
+        if count > 0:
+            # stable sort: ties broken by position, so the result is deterministic
+            order = torch.sort(flat, stable=True).indices
+            mask[order[:count]] = 0.0
+        return split_like(mask, refs)
+
+
+def split_like(flat: torch.Tensor, refs: Sequence[WeightRef]) -> list[torch.Tensor]:
+    """Split a flat vector into tensors shaped like the weights of ``refs``."""
+    out = []
+    start = 0
+    for ref in refs:
+        n = ref.tensor.numel()
+        out.append(flat[start : start + n].view_as(ref.tensor.detach().cpu()).clone())
+        start += n
+    return out
+
+
+def num_weights(refs: Sequence[WeightRef]) -> int:
+    return sum(ref.tensor.numel() for ref in refs)
+
+
+# ---------------------------------------------------------------------------- context
+
+
+def example_inputs(model: Any, ctx: Any) -> tuple[Any, ...]:
+    """``ctx.example_inputs`` (or the model's own ``example_inputs()``) on the net's device."""
+    inputs = tuple(getattr(ctx, "example_inputs", ()) or ())
+    if not inputs:
+        make = getattr(model, "example_inputs", None)
+        if not callable(make):
+            raise ValueError("structured pruning needs ctx.example_inputs = (x_t, t, cond) for tracing")
+        inputs = tuple(make())
+    device = next(model.net.parameters()).device
+    return tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
+
+
+def denoising_loss(model: Any, ctx: Any) -> torch.Tensor:
+    """Epsilon-MSE of ``model`` on ``ctx.calibration`` at random t (from ``ctx.generator``)."""
+    import torch.nn.functional as F
+
+    batch = ctx.calibration
+    device = next(model.net.parameters()).device
+    x0 = model.encode(batch.images.to(device=device, dtype=torch.float32))
+    n = x0.shape[0]
+    t = torch.randint(0, int(model.num_timesteps), (n,), generator=ctx.generator).to(device)
+    noise = torch.randn(x0.shape, generator=ctx.generator).to(device)
+    cond = model.encode_conditions(batch.conditions)
+    x_t = model.add_noise(x0, noise, t)
+    return F.mse_loss(model.predict_noise(x_t, t, cond), noise)
+
+
+def record_info(model: Any, facts: dict[str, Any]) -> None:
+    """Add JSON-able pruning facts to ``model.info`` (stored with the cached variant)."""
+    info = getattr(model, "info", None)
+    if isinstance(info, dict):
+        info.setdefault("pruning", []).append(facts)

@@ -1,0 +1,56 @@
+"""``magnitude``: global unstructured L1 magnitude pruning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from harness.base import Pruner
+from plugins.pruning._common import protect_field
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.base import DiffusionModel, PruneContext
+
+
+@dataclass
+class MagnitudeOptions:
+    """Options of the ``magnitude`` pruner."""
+
+    protect: list[str] = protect_field()
+
+
+class MagnitudePruner(Pruner):
+    """Global unstructured L1 magnitude pruning of conv, linear and attention weights.
+
+    Rate semantics: ``rate`` is the share of the *prunable weights* (every conv / linear
+    weight and ``nn.MultiheadAttention`` input projection outside the ``protect``ed
+    modules; biases, norms and embeddings excluded) set to zero, ranked by |w| across all
+    of them at once (``torch.nn.utils.prune.global_unstructured``), so layers end up with
+    different sparsities. Exactly ``round(rate * n_prunable)`` weights are removed; the
+    masks are made permanent (``prune.remove``), so shapes and parameter count stay the
+    same and ``nonzero_params`` drops. Deterministic (no randomness).
+    """
+
+    name = "magnitude"
+    Options = MagnitudeOptions
+    removes_structure: ClassVar[bool] = False
+
+    def prune(self, model: DiffusionModel, rate: float, ctx: PruneContext) -> DiffusionModel:
+        from torch.nn.utils import prune
+
+        from plugins.pruning import _common
+
+        rate = _common.check_rate(rate, self.name)
+        refs = _common.prunable_weights(model.net, self.options.protect, warn=True)
+        count = round(rate * _common.num_weights(refs))
+        if count > 0:
+            prune.global_unstructured(
+                [(r.module, r.attr) for r in refs], pruning_method=prune.L1Unstructured, amount=count
+            )
+            for r in refs:
+                prune.remove(r.module, r.attr)
+        _common.record_info(
+            model,
+            {"method": self.name, "rate": rate, "sparsity": _common.weight_sparsity(model.net, self.options.protect)},
+        )
+        return model
