@@ -736,6 +736,16 @@ class ScheduledDiffusionModel(DiffusionModel):
     def num_timesteps(self) -> int:  # type: ignore[override]
         return self.schedule.timesteps
 
+    @property
+    def protected_modules(self) -> tuple[str, ...]:  # type: ignore[override]
+        """Names of the modules the net's ``ignored_layers()`` lists (embeddings, output
+        conv): pruners leave them alone and the measured ``sparsity`` excludes them."""
+        ignored = getattr(self.net, "ignored_layers", None)
+        if not callable(ignored):
+            return ()
+        ids = {id(m) for m in ignored()}
+        return tuple(name for name, m in self.net.named_modules() if id(m) in ids and name)
+
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         return self.net(x_t, t, cond)
 

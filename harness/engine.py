@@ -273,13 +273,18 @@ class Engine:
         ds = self.dataset(spec)
         t0 = time.perf_counter()
         if spec.is_reference:
-            model = fam.build(ds).to(self.device)
+            # initial weights from a seed of the benchmark, not from the global RNG state
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(self.cfg.benchmark.seed, "init", "teacher") % 2**63)
+                model = fam.build(ds).to(self.device)
             if fam.trainable:
                 log.info("training the teacher (%s)", fam.name)
                 model = fam.train_teacher(model, ds, self.train_config(spec), self.train_context("teacher"))
         elif spec.pruning_method == "none":
             teacher = self.variant(spec.reference()).model
-            student = teacher.make_student(float(spec.size_factor)).to(self.device)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(self.cfg.benchmark.seed, "init", "student", spec.size_factor) % 2**63)
+                student = teacher.make_student(float(spec.size_factor)).to(self.device)
             log.info("distilling the student of size factor %g", spec.size_factor)
             model = fam.distill_student(
                 student, teacher, ds, self.distill_config(spec), self.train_context("student", spec.size_factor)
@@ -524,12 +529,20 @@ class Engine:
             if "model" in req:
                 ctx.model = variant.model
                 ctx.reference_model = ref_variant.model
-            result = metric.compute(ctx)
-            return {}, {"rows": normalise_metric_result(name, result)}
+            rows = normalise_metric_result(name, metric.compute(ctx))
+            # blobs (bytes) cannot go in the JSON metadata: row i's is tensor "blob.i"
+            blobs = {f"blob.{i}": torch.frombuffer(bytearray(r.pop("blob")), dtype=torch.uint8)
+                     for i, r in enumerate(rows) if "blob" in r}
+            return blobs, {"rows": rows}
 
         art = self.cache.get_or_create("metric", config, compute)
         hib = bool(type(metric).higher_is_better)
-        return [{**r, "higher_is_better": r.get("higher_is_better", hib)} for r in art.meta["rows"]]
+        out = []
+        for i, r in enumerate(art.meta["rows"]):
+            blob = art.tensors.get(f"blob.{i}")
+            out.append({**r, "higher_is_better": r.get("higher_is_better", hib),
+                        **({"blob": blob.numpy().tobytes()} if blob is not None else {})})
+        return out
 
     # ------------------------------------------------------------------ rows
     def _row(self, cell: Cell, r: dict[str, Any] | None, info: dict[str, Any], duration: float,
@@ -563,13 +576,18 @@ class Engine:
             "status": "error" if error else "ok",
             "error": error,
             "duration_s": duration,
+            "blob": None if r is None else r.get("blob"),
         }
         row.update(cell.option_columns())
         return row
 
 
 def normalise_metric_result(name: str, result: Any) -> list[dict[str, Any]]:
-    """float | {name: float} | [row dicts] -> row dicts with finite float values."""
+    """float | {name: float} | [row dicts] -> row dicts with finite float values.
+
+    A row dict may carry ``blob``: bytes (the ``.npy`` of a small array, see
+    ``harness.schema.encode_blob``), kept as ``bytes``; other extra keys are dropped.
+    """
     if isinstance(result, dict):
         rows = [{"metric": k, "value": v} for k, v in result.items()]
     elif isinstance(result, (list, tuple)):
@@ -588,6 +606,11 @@ def normalise_metric_result(name: str, result: Any) -> list[dict[str, Any]]:
             clean["timestep"] = float(r["timestep"])
         if "higher_is_better" in r:
             clean["higher_is_better"] = bool(r["higher_is_better"])
+        if r.get("blob") is not None:
+            if not isinstance(r["blob"], (bytes, bytearray, memoryview)):
+                raise CellError(f"metric '{name}' returned a blob of type {type(r['blob']).__name__} for "
+                                f"'{r['metric']}'; a blob is bytes (harness.schema.encode_blob(array))")
+            clean["blob"] = bytes(r["blob"])
         out.append(clean)
     return out
 

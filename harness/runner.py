@@ -207,6 +207,9 @@ def run(
         executor_cls = registry.get("executors", cfg.execution.executor, "execution.executor")
         executor = executor_cls(**cfg.executor_options)
         run_handle = store.new_run(manifest(cfg, argv))
+        # swept plugin options become columns; type them from all their values at once
+        run_handle.declare_columns({k: [*v, *(d[k] for d in cfg.include if k in d)]
+                                    for k, v in cfg.axes.items() if "." in k})
         summary.run_id, summary.run_dir = run_handle.run_id, run_handle.path
         worker = UnitWorker(str(matrix), list(overrides or []), str(cfg.results_dir), str(cache_dir(cfg)), cfg=cfg)
         with Progress(len(todo), stream=stream, interactive=interactive, quiet=quiet) as progress:
@@ -252,6 +255,8 @@ def run(
 def _store_result(cfg: BenchConfig, run_handle: Any, result: Any, pm: Any) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     rows = [{**r, "benchmark": cfg.benchmark.name, "run_id": run_handle.run_id, "timestamp": now} for r in result.rows]
-    run_handle.write_cell(result.cell.cell_id, rows)
+    # wait=False: the fsync of this fragment overlaps the next cell's work; the store
+    # flushes before the lock is released and before the manifest is finished
+    run_handle.write_cell(result.cell.cell_id, rows, wait=False)
     pm.hook.bench_after_cell(cell=result.cell, rows=rows)
 
