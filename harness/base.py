@@ -318,9 +318,18 @@ class DiffusionModel:
         sampler: str,
         steps: int,
         cfg_batching: str = "auto",
+        batch_size: int | None = None,
         record_trajectory: bool = False,
         generator: torch.Generator | None = None,
     ) -> SampleOutput:
+        """Sample ``len(noise)`` images from ``noise`` (model space) for ``conditions``.
+
+        ``batch_size`` caps the images per forward pass (``None``: all at once); samples
+        must not depend on it. ``cfg_batching``: ``concat`` (one batch with the
+        unconditional half), ``split`` (two passes) or ``auto`` (by device).
+        ``record_trajectory``: also return x_K .. x_0 in ``SampleOutput.trajectory``.
+        ``generator`` drives stochastic samplers (DDPM) on the CPU.
+        """
         raise NotImplementedError
 
     def make_student(self, size_factor: float) -> DiffusionModel:

@@ -7,6 +7,8 @@ Every problem is found before any work starts and reported as one line per probl
 
 from __future__ import annotations
 
+import logging
+
 import copy
 import dataclasses
 import math
@@ -20,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from harness.base import options_dict, validate_options
 from harness.errors import ConfigError, UserError, did_you_mean, valid_choices
 from harness.registry import Registry
+
+log = logging.getLogger(__name__)
 
 #: the built-in axes, in the order cells are named and sorted
 BUILTIN_AXES = ("size_factor", "pruning_method", "pruning_rate", "cfg_scale", "sampler", "steps", "seed")
@@ -315,7 +319,12 @@ class _Validator:
         if len(set(m.metrics.names)) != len(m.metrics.names):
             self.fail("metrics.names", "a metric is listed twice")
         for key, value in metric_tables.items():
-            if key not in m.metrics.names:
+            if key in m.metrics.names:
+                continue
+            if key in self.registry.plugins["metrics"]:
+                # a known metric left out of names (e.g. by --set metrics.names=[...]): harmless
+                log.warning("%s: [metrics.%s] has options but is not in metrics.names; ignored", self.path, key)
+            else:
                 self.fail(f"metrics.{key}", f"options for a metric that is not in metrics.names"
                           f"{did_you_mean(key, m.metrics.names)}; listed: {', '.join(m.metrics.names)}")
 
@@ -346,7 +355,8 @@ class _Validator:
             if self._plugin("pruners", pname, opts, f"pruners.{pname}"):
                 pruner_tables[pname] = opts
                 if pname not in methods:
-                    self.fail(f"pruners.{pname}", "options for a pruner that no cell uses; add it to matrix.pruning_method")
+                    # e.g. --set matrix.pruning_method=["magnitude"] on a matrix with [pruners.structured]
+                    log.warning("%s: [pruners.%s] has options but no cell uses that pruner; ignored", self.path, pname)
 
         return BenchConfig(
             path=self.path,

@@ -43,6 +43,7 @@ from harness.base import (
     TrainContext,
     options_dict,
 )
+from harness.diffusion import resolve_cfg_batching
 from harness.cache import ArtifactCache, stable_hash
 from harness.config import BenchConfig
 from harness.errors import CellError, UserError
@@ -335,6 +336,14 @@ class Engine:
             "num_samples": cell.sampling["num_samples"],
             "trajectory_samples": cell.sampling["trajectory_samples"] if trajectory else 0,
             "dataset": self.dataset(cell.variant).config_key(),
+            # generation_time and peak_memory_mb are measured with the samples: a new batch
+            # size, CFG batching, warm-up or device draws (and times) them again
+            "timing": {
+                "batch_size": cell.sampling.get("batch_size", self.cfg.sampling.batch_size),
+                "cfg_batching": resolve_cfg_batching(cell.sampling.get("cfg_batching", "auto"), self.device),
+                "warmup": bool(cell.sampling.get("warmup", True)),
+                "device": self.device.type,
+            },
         }
 
     def conditions(self, cell: Cell, n: int) -> Conditions:
@@ -383,8 +392,8 @@ class Engine:
             cfg_scale=cell.axes["cfg_scale"],
             sampler=cell.axes["sampler"],
             steps=cell.axes["steps"],
-            cfg_batching=self.cfg.sampling.cfg_batching,
-            batch_size=self.cfg.sampling.batch_size,
+            cfg_batching=cell.sampling.get("cfg_batching", self.cfg.sampling.cfg_batching),
+            batch_size=cell.sampling.get("batch_size", self.cfg.sampling.batch_size),
         )
         cuda = self.device.type == "cuda"
         if cell.sampling.get("warmup", True):
@@ -607,9 +616,9 @@ def normalise_metric_result(name: str, result: Any) -> list[dict[str, Any]]:
         if "higher_is_better" in r:
             clean["higher_is_better"] = bool(r["higher_is_better"])
         if r.get("blob") is not None:
-            if not isinstance(r["blob"], (bytes, bytearray, memoryview)):
+            if not isinstance(r["blob"], (bytes, bytearray, memoryview)) or not len(r["blob"]):
                 raise CellError(f"metric '{name}' returned a blob of type {type(r['blob']).__name__} for "
-                                f"'{r['metric']}'; a blob is bytes (harness.schema.encode_blob(array))")
+                                f"'{r['metric']}'; a blob is non-empty bytes (harness.schema.encode_blob(array))")
             clean["blob"] = bytes(r["blob"])
         out.append(clean)
     return out

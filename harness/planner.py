@@ -2,8 +2,12 @@
 
 A cell is one point of the matrix: a model variant (teacher, student of a size factor,
 pruned model) sampled with one (sampler, steps, CFG scale, seed) and measured with the
-benchmark's metrics. ``cell_id`` is a short hash of everything that affects the cell's
-results; the readable ``name`` sits next to it.
+benchmark's metrics. ``cell_id`` is a short hash of everything that identifies the cell
+(its axis values and the benchmark's seed, dataset, model, training and sampling config);
+the readable ``name`` sits next to it. What the cell is *measured* with (the metric list
+and options) is its ``content_key``: changing the metrics keeps the ids, so the runner
+recomputes the cell (from the caches: only new metrics run) and the new fragment
+supersedes the old one instead of standing next to it.
 """
 
 from __future__ import annotations
@@ -86,6 +90,9 @@ class Cell:
     variant: VariantSpec
     sampling: dict[str, Any]
     metric_options: dict[str, dict[str, Any]]
+    #: hash of the metric list and options: a stored cell whose key differs is recomputed
+    #: (from the caches: only the new metrics run) and its old fragment superseded
+    content_key: str = ""
 
     @property
     def role(self) -> str:
@@ -229,13 +236,13 @@ def _fmt(value: Any) -> str:
 
 def plan_cells(cfg: BenchConfig) -> list[Cell]:
     """Expand the matrix into cells (reference cells included), in a stable order."""
-    base_sampling = {k: v for k, v in cfg.sampling.model_dump().items() if k not in _SAMPLING_NOT_IN_ID}
+    # the sampler, steps and CFG scale are axes; every other key goes to the engine
+    base_sampling = {k: v for k, v in cfg.sampling.model_dump().items() if k not in ("sampler", "steps", "cfg_scale")}
     metric_names = [m.name for m in cfg.metrics]
     common = {
         "seed": cfg.benchmark.seed,
         "dataset": [cfg.dataset.name, cfg.dataset.options],
         "model": [cfg.model.name, cfg.model.options, cfg.train, cfg.distill],
-        "metrics": [[m.name, m.options] for m in cfg.metrics],
     }
     common_hash = stable_hash(common, 32)
     cells = []
@@ -251,10 +258,15 @@ def plan_cells(cfg: BenchConfig) -> list[Cell]:
             elif key.startswith("metrics.") and key.split(".")[1] in metric_names:
                 _, mname, opt = key.split(".", 2)
                 metric_options[mname][opt] = value
+        # batch size, CFG batching and warm-up change how fast the samples are drawn, not
+        # which: they are part of the content (timings), not of the identity
+        in_id = {k: v for k, v in sampling.items() if k not in _SAMPLING_NOT_IN_ID}
+        timing = {k: v for k, v in sampling.items() if k in _SAMPLING_NOT_IN_ID}
         cell_id = stable_hash(
-            {"common": common_hash, "axes": point, "variant": [variant.pruner_options], "sampling": sampling}, 12
+            {"common": common_hash, "axes": point, "variant": [variant.pruner_options], "sampling": in_id}, 12
         )
-        cells.append(Cell(point, cell_id, cell_name(cfg, point), variant, sampling, metric_options))
+        content_key = stable_hash([sorted(metric_options.items()), sorted(timing.items())], 12)
+        cells.append(Cell(point, cell_id, cell_name(cfg, point), variant, sampling, metric_options, content_key))
     return cells
 
 

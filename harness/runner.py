@@ -126,7 +126,8 @@ def plan(
     cfg = load_matrix(matrix, overrides, results_dir=results_dir)
     cells = plan_cells(cfg)
     store = ResultStore(cfg.results_dir, cfg.benchmark.name)
-    stored = {cid for cid, status in store.stored_cells().items() if status == "ok"}
+    frags = store.fragments()
+    stored = {c.cell_id for c in cells if _is_stored(c, frags)}
     stages: dict[str, dict[str, int]] = {}
     if with_stages:
         stages = _stage_counts(cfg, [c for c in cells if c.cell_id not in stored])
@@ -195,8 +196,8 @@ def run(
     store = ResultStore(cfg.results_dir, cfg.benchmark.name)
     summary = RunSummary(cfg.benchmark.name, None, None, total=len(cells), skipped=0)
     with store.lock(wait=False):
-        stored = store.stored_cells()
-        todo = [c for c in cells if force or stored.get(c.cell_id) != "ok"]
+        frags = store.fragments()
+        todo = [c for c in cells if force or not _is_stored(c, frags)]
         summary.skipped = len(cells) - len(todo)
         if not todo:
             summary.seconds = time.perf_counter() - t0
@@ -252,11 +253,19 @@ def run(
     return summary
 
 
+def _is_stored(cell: Cell, frags: dict[str, Any]) -> bool:
+    """Whether ``cell`` has a live ``ok`` fragment computed with its current metrics."""
+    frag = frags.get(cell.cell_id)
+    if frag is None or frag.status != "ok":
+        return False
+    return frag.content_key is None or frag.content_key == cell.content_key
+
+
 def _store_result(cfg: BenchConfig, run_handle: Any, result: Any, pm: Any) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     rows = [{**r, "benchmark": cfg.benchmark.name, "run_id": run_handle.run_id, "timestamp": now} for r in result.rows]
     # wait=False: the fsync of this fragment overlaps the next cell's work; the store
     # flushes before the lock is released and before the manifest is finished
-    run_handle.write_cell(result.cell.cell_id, rows, wait=False)
+    run_handle.write_cell(result.cell.cell_id, rows, wait=False, content_key=result.cell.content_key)
     pm.hook.bench_after_cell(cell=result.cell, rows=rows)
 

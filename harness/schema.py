@@ -2,11 +2,24 @@
 
 Every Parquet fragment carries all these columns (plus one per swept plugin option,
 named by its dotted key), so a file read on its own says what it is.
+
+The ``blob`` column holds a small array attached to a *diagnostic* row (a sample grid,
+a denoising strip, a PCA projection, attention maps: what the image figures of
+``bench plot`` need, so that results stay self-contained Parquet). It is the ``.npy``
+serialisation of one numpy array (:func:`encode_blob` / :func:`decode_blob`, no
+pickles) and null on every ordinary row. A metric attaches one by returning a row dict
+with a ``blob`` key (bytes).
 """
 
 from __future__ import annotations
 
+import io
+from typing import TYPE_CHECKING, Any
+
 import pyarrow as pa
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 SCHEMA_VERSION = "1"
 
@@ -42,7 +55,12 @@ COLUMNS: dict[str, pa.DataType] = {
     "error": pa.string(),
     "duration_s": pa.float64(),
     "timestamp": pa.timestamp("us", tz="UTC"),
+    # small array attached to a diagnostic row, .npy bytes; null for ordinary rows
+    "blob": pa.binary(),
 }
+
+#: columns of bytes: ``bench results --export`` and :func:`harness.store.export` drop them
+BINARY_COLUMNS = ("blob",)
 
 #: columns stored as pandas categoricals by ``load_results``
 CATEGORICAL = (
@@ -70,3 +88,26 @@ def size_tier(size_factor: float | None) -> str:
     if size_factor < 0.7:
         return "medium"
     return "full"
+
+
+def encode_blob(array: Any) -> bytes:
+    """The ``.npy`` bytes of ``array`` (what a metric puts in a row's ``blob``).
+
+    Object arrays are refused (they would need pickling to load); numbers, bools and
+    fixed-width strings (``numpy.str_``) are fine.
+    """
+    import numpy as np
+
+    arr = np.asarray(array)
+    if arr.dtype.hasobject:
+        raise ValueError(f"blob: cannot store an array of dtype {arr.dtype} (object arrays need pickling)")
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_blob(blob: bytes | bytearray | memoryview) -> np.ndarray:
+    """The array stored in a ``blob`` cell (``numpy.load`` of the ``.npy`` bytes, no pickles)."""
+    import numpy as np
+
+    return np.load(io.BytesIO(bytes(blob)), allow_pickle=False)

@@ -57,7 +57,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import UserError
-from harness.schema import CATEGORICAL, COLUMNS, SCHEMA_VERSION
+from harness.schema import BINARY_COLUMNS, CATEGORICAL, COLUMNS, SCHEMA_VERSION
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -76,6 +76,8 @@ LOCK = ".lock"
 META_SCHEMA_VERSION = "diffbench.schema_version"
 META_VERSION = "diffbench.version"
 META_STATUS = "diffbench.status"
+#: hash of what the cell was computed with beyond its identity (its metric list and options)
+META_CONTENT_KEY = "diffbench.content_key"
 META_CELL_ID = "diffbench.cell_id"
 META_RUN_ID = "diffbench.run_id"
 META_BENCHMARK = "diffbench.benchmark"
@@ -254,9 +256,19 @@ def _array(name: str, values: list[Any], typ: pa.DataType) -> pa.Array:
             return pa.array([None if _is_missing(v) else bool(v) for v in values], typ)
         if pa.types.is_timestamp(typ):
             return pa.array([_timestamp(v) for v in values], typ)
+        if pa.types.is_binary(typ):
+            return pa.array([_to_bytes(v) for v in values], typ)
         return pa.array(values, typ)
     except (TypeError, ValueError, pa.ArrowException) as exc:
         raise ValueError(f"column {name!r}: cannot store {values!r} as {typ}: {exc}") from exc
+
+
+def _to_bytes(v: Any) -> bytes | None:
+    if _is_missing(v):
+        return None
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v)
+    raise TypeError(f"{type(v).__name__} is not bytes (a blob is the .npy bytes of an array: harness.schema.encode_blob)")
 
 
 def _timestamp(v: Any) -> _dt.datetime | None:
@@ -338,6 +350,8 @@ class Fragment:
     run_id: str
     status: str
     benchmark_dir: Path
+    #: the runner's content key (metric list and options) the rows were computed with
+    content_key: str | None = None
 
     @property
     def path(self) -> Path:
@@ -375,7 +389,9 @@ class Run:
             if typ is not None:
                 self._extra_types[name] = _widen(self._extra_types.get(name), typ)
 
-    def write_cell(self, cell_id: str, rows: Sequence[Mapping[str, Any]], *, wait: bool = True) -> Path:
+    def write_cell(
+        self, cell_id: str, rows: Sequence[Mapping[str, Any]], *, wait: bool = True, content_key: str | None = None
+    ) -> Path:
         """Store a cell's rows as ``<run>/<cell_id>.parquet``, atomically; return that path.
 
         Missing schema columns are filled with nulls; ``benchmark``, ``run_id`` and
@@ -407,12 +423,13 @@ class Run:
                 META_SCHEMA_VERSION: SCHEMA_VERSION,
                 META_VERSION: _diffbench_version(),
                 META_STATUS: status,
+                **({META_CONTENT_KEY: content_key} if content_key else {}),
                 META_CELL_ID: cell_id,
                 META_RUN_ID: self.run_id,
                 META_BENCHMARK: self.store.benchmark,
             },
         )
-        self.store._submit(cell_id, self.store._commit, self, cell_id, table, status, wait=wait)
+        self.store._submit(cell_id, self.store._commit, self, cell_id, table, status, content_key, wait=wait)
         return self.path / f"{cell_id}{FRAGMENT_SUFFIX}"
 
     def flush(self) -> None:
@@ -526,11 +543,11 @@ class ResultStore:
                 except FileNotFoundError:  # superseded while we looked
                     continue
                 known = index.get(cell_id)
-                if known is not None and known[1:] == [st.st_ino, st.st_size, st.st_mtime_ns]:
-                    status = known[0]
+                if known is not None and known[1:4] == [st.st_ino, st.st_size, st.st_mtime_ns]:
+                    status, key = known[0], (known[4] if len(known) > 4 else None)
                 else:
-                    status = _fragment_status(entry.path)
-                frag = Fragment(cell_id, run_id, status, self.path)
+                    status, key = _fragment_status(entry.path, with_key=True)
+                frag = Fragment(cell_id, run_id, status, self.path, key)
                 if cell_id in live:
                     # Only without the lock (two writers) or by copying folders by hand.
                     log.warning(
@@ -574,7 +591,7 @@ class ResultStore:
         """Wait until every queued fragment is in place; re-raise the first failed write."""
         self._reap(block=True)
 
-    def _commit(self, run: Run, cell_id: str, table: pa.Table, status: str) -> None:
+    def _commit(self, run: Run, cell_id: str, table: pa.Table, status: str, content_key: str | None = None) -> None:
         final = run.path / f"{cell_id}{FRAGMENT_SUFFIX}"
         # Not ".parquet": DuckDB and polars globs would read a half-written file.
         tmp = run.path / f".tmp-{cell_id}-{os.getpid()}{FRAGMENT_SUFFIX}.tmp"
@@ -594,14 +611,14 @@ class ResultStore:
                 tmp.unlink()
             raise
         run.counts[status] += 1
-        self._record(Fragment(cell_id, run.run_id, status, self.path))
+        self._record(Fragment(cell_id, run.run_id, status, self.path, content_key))
 
     def _record(self, frag: Fragment) -> None:
         """Note a new fragment in memory and in its run's index (a cache, see module doc)."""
         if self._live is not None:
             self._live[frag.cell_id] = frag
         st = os.stat(frag.path)
-        line = json.dumps([frag.cell_id, frag.status, st.st_ino, st.st_size, st.st_mtime_ns]) + "\n"
+        line = json.dumps([frag.cell_id, frag.status, st.st_ino, st.st_size, st.st_mtime_ns, frag.content_key]) + "\n"
         with open(frag.path.parent / INDEX, "a") as fh:
             fh.write(line)
 
@@ -684,7 +701,8 @@ def _read_pid(fd: int) -> str:
 
 
 def _read_index(path: Path) -> dict[str, list[Any]]:
-    """``cell_id -> [status, inode, size, mtime_ns]``; the last line for a cell wins."""
+    """``cell_id -> [status, inode, size, mtime_ns, content_key]``; the last line for a cell
+    wins (lines written before content keys existed have four fields)."""
     out: dict[str, list[Any]] = {}
     try:
         text = path.read_text()
@@ -699,20 +717,24 @@ def _read_index(path: Path) -> dict[str, list[Any]]:
     return out
 
 
-def _fragment_status(path: str | Path) -> str:
-    """A fragment's status from its footer (or its status column if it has no metadata)."""
+def _fragment_status(path: str | Path, with_key: bool = False) -> Any:
+    """A fragment's status from its footer (or its status column if it has no metadata);
+    with ``with_key``, ``(status, content_key or None)``."""
     try:
         meta = pq.read_metadata(path).metadata or {}
+        key = meta.get(META_CONTENT_KEY.encode())
+        key = key.decode() if key is not None else None
         status = meta.get(META_STATUS.encode())
         if status is not None:
-            return status.decode()
+            return (status.decode(), key) if with_key else status.decode()
         statuses = pq.read_table(path, columns=["status"]).column("status").to_pylist()
-        return cell_status({"status": s} for s in statuses)
+        status = cell_status({"status": s} for s in statuses)
+        return (status, key) if with_key else status
     except (OSError, pa.ArrowException) as exc:
         # Unreadable (truncated by hand, disk error): call it an error so it is recomputed,
         # and the rewrite supersedes it.
         log.warning("cannot read %s (%s); treating the cell as errored", path, exc)
-        return "error"
+        return ("error", None) if with_key else "error"
 
 
 # -- reading ----------------------------------------------------------------------------
@@ -798,10 +820,12 @@ def load_results(
     ``path`` is a results folder, a benchmark folder, a run folder or one fragment.
     Columns: the schema's, in order (categoricals for ``schema.CATEGORICAL``, timestamps
     in UTC, NaN for missing floats, nullable ``Int64``/``boolean`` for ints and bools),
-    then one per swept option. With ``with_reference`` adds ``reference_value`` (the
-    value of the reference row of the same benchmark, metric, timestep, cfg_scale,
-    sampler, steps, seed and swept ``metrics.*`` options; the same run's when several
-    runs hold one, else the newest) and ``delta = value - reference_value``.
+    then one per swept option. ``blob`` holds ``bytes`` on diagnostic rows (decode with
+    :func:`harness.schema.decode_blob`) and ``None`` elsewhere. With ``with_reference``
+    adds ``reference_value`` (the value of the reference row of the same benchmark,
+    metric, timestep, cfg_scale, sampler, steps, seed and swept ``metrics.*`` options;
+    the same run's when several runs hold one, else the newest) and
+    ``delta = value - reference_value``.
     """
     import pandas as pd
 
@@ -965,10 +989,16 @@ def _fmt(v: Any, signed: bool = False) -> str:
 
 
 def export(df: pd.DataFrame, fmt: Literal["json", "csv"], out: str | os.PathLike[str]) -> Path:
-    """Write ``df`` as JSON records or CSV to ``out`` (atomically); return the path."""
+    """Write ``df`` as JSON records or CSV to ``out`` (atomically); return the path.
+
+    The ``blob`` column (arrays of diagnostic rows, as bytes) is left out: text formats
+    would need base64 of arrays nobody reads as text; the rows themselves (metric,
+    value, ...) are kept. Read the arrays from the Parquet files.
+    """
     out = Path(out)
     if fmt not in ("json", "csv"):
         raise UserError(f"--export: unknown format {fmt!r} (valid: 'csv', 'json')")
+    df = df.drop(columns=[c for c in BINARY_COLUMNS if c in df.columns])
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "json":
         text = df.to_json(orient="records", date_format="iso", date_unit="us", indent=1)

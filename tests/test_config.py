@@ -16,6 +16,7 @@ import pytest
 
 from harness.cli import main
 from harness.config import load_matrix
+from harness.planner import plan_cells
 from harness.errors import ConfigError
 
 SECTIONS = {
@@ -213,11 +214,24 @@ def test_unknown_metric_option(write, bench_errors):
     )
 
 
-def test_options_of_unused_pruner(write, bench_errors):
-    path = write(matrix_text(extra="[pruners.random]\n"))
-    assert bench_errors(path) == [
-        f"{path}: pruners.random: options for a pruner that no cell uses; add it to matrix.pruning_method"
-    ]
+def test_options_of_unused_pruner_are_checked_then_ignored(write, bench_errors, caplog):
+    # a --set that narrows matrix.pruning_method must not make the matrix invalid
+    path = write(matrix_text(extra="[pruners.random]\nprotect = []\n"))
+    with caplog.at_level("WARNING"):
+        cfg = load_matrix(path)
+    assert "random" not in {c.variant.pruning_method for c in plan_cells(cfg)}
+    assert "[pruners.random] has options but no cell uses that pruner; ignored" in caplog.text
+    path = write(matrix_text(extra="[pruners.random]\nprotec = []\n"))
+    (line,) = bench_errors(path)
+    assert line.startswith(f"{path}: pruners.random.protec: unknown option of 'random' (did you mean 'protect'?)")
+
+
+def test_options_of_a_known_metric_left_out_of_names_are_ignored(write, bench_errors, caplog):
+    path = write(matrix_text(extra="[metrics.generation_time]\n"))
+    with caplog.at_level("WARNING"):
+        cfg = load_matrix(path)
+    assert [m.name for m in cfg.metrics] == ["synthetic_quality"]
+    assert "[metrics.generation_time] has options but is not in metrics.names; ignored" in caplog.text
 
 
 def test_metric_options_for_a_metric_not_listed(write, bench_errors):

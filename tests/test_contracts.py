@@ -33,12 +33,23 @@ def _tiny_unet(self: Any) -> Any:
 
 
 #: class attributes that adapt a contract to one plugin (keyed by kind, name)
+def _compute_on_tiny_unet(self: Any, cache: Any) -> Any:
+    """attention_maps needs a model with attention: the synthetic stand-in has none."""
+    from harness.engine import normalise_metric_result
+    from harness.testing import metric_context
+
+    ctx = metric_context(cache)
+    ctx.model = ctx.reference_model = _tiny_unet(self)
+    return normalise_metric_result(self.metric_cls.name, self.metric_cls(**self.metric_options).compute(ctx))
+
+
 OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     # the defaults fine-tune 3 x 100 steps: the contract checks behaviour, not convergence
     ("pruners", "iterative"): {"pruner_options": {"rounds": 2, "finetune_steps": 2}},
     # the stand-in has no attention and its only channels feed a protected embedding
     ("pruners", "attention_heads"): {"make_model": _tiny_unet},
     ("pruners", "structured"): {"make_model": _tiny_unet},
+    ("metrics", "attention_maps"): {"_compute": _compute_on_tiny_unet},
 }
 
 

@@ -247,8 +247,6 @@ def test_ids_are_stable_across_processes(tmp_path, cfg_of):
         ("model training option", {"extra": "[model.train]\nepochs = 3\n"}),
         ("number of samples", {"sampling": "steps = 2\nnum_samples = 8\nbatch_size = 4"}),
         ("trajectory samples", {"sampling": "steps = 2\nnum_samples = 4\nbatch_size = 4\ntrajectory_samples = 2"}),
-        ("metric option", {"extra": "[metrics.synthetic_quality]\nnoise = 0.5\n"}),
-        ("metric list", {"metrics": 'names = ["synthetic_quality", "generation_time"]'}),
         ("pruner option", {"extra": "[pruners.magnitude]\nprotect = ['inp']\n"}),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
@@ -263,6 +261,22 @@ def test_ids_change_with_anything_that_affects_results(cfg_of, description, chan
         assert differ == {n for n in base if "method=magnitude" in n}
     else:
         assert all(base[n] != changed[n] for n in base), description
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"extra": "[metrics.synthetic_quality]\nnoise = 0.5\n"},
+     {"metrics": 'names = ["synthetic_quality", "generation_time"]'}],
+    ids=["metric option", "metric list"],
+)
+def test_metrics_change_the_content_key_not_the_id(cfg_of, change):
+    # a stored cell measured with other metrics is recomputed and superseded, not duplicated
+    base = {c.name: c for c in plan_cells(cfg_of(matrix_text()))}
+    changed = {c.name: c for c in plan_cells(cfg_of(matrix_text(**change)))}
+    assert base.keys() == changed.keys()
+    for n in base:
+        assert base[n].cell_id == changed[n].cell_id
+        assert base[n].content_key != changed[n].content_key
 
 
 def test_ids_change_with_the_default_sampling_axes(cfg_of):

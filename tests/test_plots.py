@@ -46,6 +46,7 @@ from plugins.plots.trajectory import (
     normalised_tables,
     radar_table,
 )
+from plugins.plots.visual import AttentionPlot, DenoisingPlot, LatentSpacePlot, SampleGrids
 
 SIZES = (0.1, 0.5, 1.0)
 CFGS = (1.0, 3.0, 7.5)
@@ -71,6 +72,10 @@ ALL_PLOTS = (
     PruningSummary,
     PruningJSON,
     SyntheticCurve,
+    SampleGrids,
+    DenoisingPlot,
+    LatentSpacePlot,
+    AttentionPlot,
 )
 
 
@@ -472,7 +477,7 @@ def test_json_export_holds_the_raw_rows(drawn: tuple[Path, dict[str, list[Path]]
     methods = pd.Series([r["pruning_method"] for r in records]).value_counts().to_dict()
     expected = pruning_df["pruning_method"].astype(object).value_counts().to_dict()
     assert methods == {"magnitude": expected["magnitude"], "none": expected["none"]}
-    assert set(records[0]) == set(pruning_df.columns)
+    assert set(records[0]) == set(pruning_df.columns) - {"blob"}  # arrays are not exported
     assert records[0]["num_params"] == TEACHER_PARAMS and isinstance(records[0]["num_params"], int)
     first = next(r for r in records if r["pruning_method"] == "magnitude" and r["metric"] == "label_accuracy")
     assert first["value"] == pytest.approx(

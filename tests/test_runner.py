@@ -175,6 +175,24 @@ def test_new_cells_only_are_computed(tmp_path):
     assert len(live_fragments(tmp_path)) == 6
 
 
+def test_adding_a_metric_recomputes_the_cells_and_supersedes_their_rows(tmp_path):
+    first = run(tmp_path, ['metrics.names=["synthetic_quality"]'])
+    assert first.ok == 4
+    ids = {p.stem for p in live_fragments(tmp_path)}
+    second = run(tmp_path, ['metrics.names=["synthetic_quality", "generation_time"]'])
+    assert (second.ok, second.skipped) == (4, 0)
+    live = live_fragments(tmp_path)
+    assert {p.stem for p in live} == ids  # same cells: the metric list is not their identity
+    assert {p.parent.name for p in live} == {second.run_id}
+    assert len(list((tmp_path / "synthetic" / "_superseded" / first.run_id).iterdir())) == 4
+    df = harness.load_results(tmp_path)
+    assert len(df) == 8 and not df.duplicated(["cell_id", "metric"]).any()
+    assert set(df.metric) == {"synthetic_quality", "generation_time"}
+    assert run(tmp_path, ['metrics.names=["synthetic_quality", "generation_time"]']).skipped == 4
+    # the same metrics listed in another order are the same content
+    assert run(tmp_path, ['metrics.names=["generation_time", "synthetic_quality"]']).skipped == 4
+
+
 def test_force_recomputes_and_keeps_the_old_fragments(tmp_path):
     first = run(tmp_path)
     old = {p.stem: p.read_bytes() for p in live_fragments(tmp_path)}

@@ -35,3 +35,8 @@ def bench_register_metrics(register):  # noqa: ANN001, ANN201 - signature fixed 
 
     for cls in (*TRAJECTORY_METRICS, SyntheticQuality):
         register(cls)
+
+    from plugins.metrics.visual import VISUAL_METRICS
+
+    for cls in VISUAL_METRICS:
+        register(cls)

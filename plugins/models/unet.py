@@ -16,6 +16,12 @@ use ``gcd(norm_groups, channels)`` groups: a pruner must keep every GroupNorm's 
 count divisible by its ``num_groups`` (e.g. torch-pruning ``round_to=norm_groups``), and
 every attention block's width divisible by its (possibly pruned) head count.
 
+Attention maps (``UNetDiffusionModel.attention_maps``, for the ``attention_maps``
+diagnostic metric): forward hooks on every ``nn.MultiheadAttention`` switch it to
+``need_weights=True, average_attn_weights=False`` for one call and capture its weights.
+The hooks exist only inside that call, so ordinary forwards (sampling, training,
+tracing) run the unchanged code path at unchanged speed.
+
 Students (``make_student(size_factor)``): tiny (< 0.1) drops the lowest resolution level;
 small, medium and full keep the teacher's depth. The base width is the integer that puts
 the parameter count closest to ``size_factor`` x the teacher's, preferring widths that the
@@ -25,7 +31,9 @@ the achieved ratio is recorded in ``model.info["param_ratio"]``.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -305,6 +313,64 @@ class UNet(nn.Module):
         return [m for m in self.modules() if isinstance(m, nn.MultiheadAttention)]
 
 
+@contextlib.contextmanager
+def capture_attention(net: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the weights of every ``nn.MultiheadAttention`` of ``net`` called inside the block.
+
+    Yields a list that fills, in call order, with one tensor (N, heads, Q, K) per
+    attention call (softmax weights: each row sums to 1 over the K keys). A pre-hook
+    asks the module for per-head weights (``need_weights=True,
+    average_attn_weights=False``); its output is otherwise the same up to float
+    rounding (the weights path skips the fused kernel). The hooks are removed on exit.
+    """
+    captured: list[torch.Tensor] = []
+
+    def want_weights(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+
+    def keep(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        captured.append(output[1].detach())
+
+    handles = []
+    for m in net.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            handles.append(m.register_forward_pre_hook(want_weights, with_kwargs=True))
+            handles.append(m.register_forward_hook(keep))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class UNetDiffusionModel(ScheduledDiffusionModel):
+    """A :class:`ScheduledDiffusionModel` around a :class:`UNet` that can show its attention."""
+
+    def attention_maps(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> list[torch.Tensor]:
+        """Self-attention weights of one denoiser call ``net(x_t, t, cond)``.
+
+        :param x_t: N x C x H x W in model space; ``t`` long N; ``cond`` as from
+            ``encode_conditions`` (no guidance: one conditional call).
+        :returns: one float tensor (N, heads, Q, K) per attention block, in call order
+            (encoder, middle, decoder), on CPU; Q = K = the block's H' x W' positions
+            (row-major), each row a softmax over the keys.
+        """
+        was_training = self.net.training
+        self.net.eval()
+        dev = self.device
+        try:
+            with torch.inference_mode(), capture_attention(self.net) as maps:
+                self.net(x_t.to(dev), t.to(dev), cond.to(dev) if isinstance(cond, torch.Tensor) else cond)
+        finally:
+            self.net.train(was_training)
+        return [m.float().cpu() for m in maps]
+
+    def copy(self) -> UNetDiffusionModel:
+        out = super().copy()
+        out.__class__ = type(self)  # the base class builds a ScheduledDiffusionModel
+        return out
+
+
 def count_arch_params(cfg: UNetConfig) -> int:
     """Parameter count of a UNet with ``cfg``, without allocating its weights."""
     with torch.device("meta"):
@@ -463,7 +529,7 @@ class UNetFamily(ModelFamily):
         clip_sample: bool,
     ) -> ScheduledDiffusionModel:
         cfg = net.config
-        model = ScheduledDiffusionModel(
+        model = UNetDiffusionModel(
             net,
             schedule,
             sample_shape,

@@ -8,7 +8,7 @@ from harness import hookimpl
 @hookimpl
 def bench_register_plots(register):  # noqa: ANN001, ANN201 - signature fixed by the hook spec
     """Register the built-in plots; modules are imported here, not at import time."""
-    from plugins.plots import pruning, synthetic, trajectory
+    from plugins.plots import pruning, synthetic, trajectory, visual
 
     for cls in (
         trajectory.TrajectoryHeatmaps,
@@ -23,5 +23,9 @@ def bench_register_plots(register):  # noqa: ANN001, ANN201 - signature fixed by
         pruning.PruningSummary,
         pruning.PruningJSON,
         synthetic.SyntheticCurve,
+        visual.SampleGrids,
+        visual.DenoisingPlot,
+        visual.LatentSpacePlot,
+        visual.AttentionPlot,
     ):
         register(cls)

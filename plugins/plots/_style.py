@@ -338,7 +338,10 @@ def unpruned(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def scalar_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Overall rows (``timestep`` NaN), not the per-step ``_t`` rows."""
+    """Overall rows (``timestep`` NaN), not the per-step ``_t`` rows nor the diagnostic rows
+    that carry an array in ``blob`` (sample grids, strips, PCA, attention maps)."""
+    if "blob" in df:
+        df = df[df["blob"].isna()]
     if "timestep" not in df:
         return df
     return df[df["timestep"].isna()]

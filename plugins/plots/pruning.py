@@ -624,6 +624,7 @@ class PruningJSON(st.BenchmarkPlot):
             rows = pd.concat(parts, ignore_index=True)
             out.mkdir(parents=True, exist_ok=True)
             path = out / f"results_{method}.json"
+            rows = rows.drop(columns="blob", errors="ignore")  # diagnostic arrays are not JSON
             text = rows.to_json(orient="records", date_format="iso", date_unit="us", indent=1)
             path.write_text(text, encoding="utf-8")
             paths.append(path)
