@@ -67,6 +67,12 @@ class Artifact:
     path: Path
 
 
+#: kinds that are cheap to rebuild from their parents: written without fsync (a torn
+#: file after a power loss is detected on load and rebuilt). Everything else (trained and
+#: pruned models, classifiers) is fsynced before it is renamed into place.
+VOLATILE_KINDS = frozenset({"samples", "metric"})
+
+
 class ArtifactCache:
     """Content-addressed store of tensors + metadata under ``root``."""
 
@@ -105,15 +111,19 @@ class ArtifactCache:
 
         final = self.path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
+        durable = kind not in VOLATILE_KINDS
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=final.parent))
         try:
             if tensors:
                 clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
                 save_file(clean, str(tmp / "tensors.safetensors"))
+                if durable:
+                    _fsync_path(tmp / "tensors.safetensors")
             with open(tmp / "meta.json", "w") as fh:
                 json.dump({**meta, "_kind": kind, "_key": key}, fh, indent=1, sort_keys=True, default=str)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    os.fsync(fh.fileno())
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -147,14 +157,31 @@ class ArtifactCache:
         """Load the artifact for ``config``, building and saving it first if needed."""
         key = self.key(kind, config, parent)
         if self.exists(kind, key):
-            return self.load(kind, key)
+            found = self._load_or_discard(kind, key)
+            if found is not None:
+                return found
         with self.lock(kind, key):
             if self.exists(kind, key):
-                return self.load(kind, key)
+                found = self._load_or_discard(kind, key)
+                if found is not None:
+                    return found
             log.info("building %s artifact %s", kind, key)
             tensors, meta = build()
             meta = {**meta, "config": config, "parent": parent}
             return self.save(kind, key, tensors, meta)
+
+    def _load_or_discard(self, kind: str, key: str) -> Artifact | None:
+        """Load; an unreadable artifact (torn by a crash) is moved aside and ``None`` returned."""
+        try:
+            return self.load(kind, key)
+        except Exception as exc:  # noqa: BLE001 - json, safetensors and OS errors alike
+            log.warning("cache: %s artifact %s is unreadable (%s); rebuilding it", kind, key, exc)
+            broken = self.path(kind, key)
+            aside = broken.parent / f".broken-{key}-{os.getpid()}"
+            with contextlib.suppress(OSError):
+                os.rename(broken, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            return None
 
     def clean_partial(self) -> int:
         """Remove leftover temporary folders of interrupted writes; return how many."""
@@ -165,3 +192,11 @@ class ArtifactCache:
             shutil.rmtree(tmp, ignore_errors=True)
             n += 1
         return n
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

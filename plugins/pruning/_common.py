@@ -64,6 +64,9 @@ def check_rate(rate: float, pruner: str) -> float:
 # ---------------------------------------------------------------------------- protection
 
 
+_WARNED: set[tuple[str, str]] = set()
+
+
 def protected_modules(
     net: nn.Module, protect: Iterable[str] = DEFAULT_PROTECT, *, warn: bool = False
 ) -> dict[str, nn.Module]:
@@ -85,7 +88,8 @@ def protected_modules(
         if hits or id(module) in declared:
             out[name] = module
     for p in patterns:
-        if warn and p not in used:
+        if warn and p not in used and (p, type(net).__name__) not in _WARNED:
+            _WARNED.add((p, type(net).__name__))  # once per process, not once per pruned variant
             log.warning("pruning: protect pattern %r matches no module of %s", p, type(net).__name__)
     return out
 
