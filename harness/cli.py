@@ -233,26 +233,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     from harness.runner import cache_dir
 
     cfg = load_matrix(args.matrix, args.overrides, results_dir=args.results_dir)
+    factors: list[float] = []
+    if args.what == "students":  # check the size factors before any training
+        if args.size_factors:
+            try:
+                factors = [float(x) for x in args.size_factors.split(",") if x.strip()]
+            except ValueError:
+                raise UserError(f"--size-factors {args.size_factors}: expected numbers such as 0.1,0.5") from None
+        else:
+            factors = [f for f in cfg.axes.get("size_factor", []) if f is not None]
+        if not factors:
+            raise UserError(f"{cfg.path}: matrix.size_factor: no size factors to train; add the axis or pass --size-factors")
+        for f in factors:
+            if not 0 < f <= 1:
+                raise UserError(f"--size-factors: {f:g} is not in (0, 1]")
     with Progress(0) as progress:
         engine = Engine(cfg, cache_dir(cfg), progress=progress)
-        teacher = VariantSpec(None, "none", 0.0)
-        v = engine.variant(teacher)
+        v = engine.variant(VariantSpec(None, "none", 0.0))
         print(f"teacher: {v.num_params:,} parameters, artifact {v.key}")
-        if args.what == "students":
-            if args.size_factors:
-                try:
-                    factors = [float(x) for x in args.size_factors.split(",") if x.strip()]
-                except ValueError:
-                    raise UserError(f"--size-factors {args.size_factors}: expected numbers such as 0.1,0.5") from None
-            else:
-                factors = [f for f in cfg.axes.get("size_factor", [])]
-            if not factors:
-                raise UserError(f"{cfg.path}: matrix.size_factor: no size factors to train; add the axis or pass --size-factors")
-            for f in factors:
-                if not 0 < f <= 1:
-                    raise UserError(f"--size-factors: {f} is not in (0, 1]")
-                s = engine.variant(VariantSpec(f, "none", 0.0))
-                print(f"student {f:g}: {s.num_params:,} parameters ({s.num_params / v.num_params:.3f} of the teacher), artifact {s.key}")
+        for f in factors:
+            s = engine.variant(VariantSpec(f, "none", 0.0))
+            print(f"student {f:g}: {s.num_params:,} parameters ({s.num_params / v.num_params:.3f} of the teacher), "
+                  f"artifact {s.key}")
     return 0
 
 

@@ -509,7 +509,11 @@ class Engine:
             "options": options_dict(metric.options),
             "code": getattr(metric, "cache_version", "1"),
             "samples": samples.key,
+            # which drawing of that sample set: rebuilt samples (a deleted cache) are measured
+            # anew, so timings and everything computed from them are recomputed too
+            "drawn": samples.stats.get("sampling_seconds"),
             "reference": reference.key if req & REFERENCE_REQS else None,
+            "reference_drawn": reference.stats.get("sampling_seconds") if req & REFERENCE_REQS else None,
             "variant": variant.key if "model" in req else None,
             "cell_seed": cell.axes["seed"],
             "bench_seed": self.cfg.benchmark.seed,

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import harness
+from harness import runner
 from harness.base import option_fields
 from harness.cli import main
 from harness.registry import build_registry, get_plugin_manager, plugin_summary
@@ -243,3 +244,34 @@ def test_run_quiet_prints_no_progress(capsys, tmp_path):
     code, out, err = bench(capsys, "run", SYNTHETIC, "--results", tmp_path, *SET_SMALL, "--quiet")
     assert code == 0
     assert not [line for line in err.splitlines() if PROGRESS.match(line)]
+
+
+# ----------------------------------------------------------------------------- bench train
+
+TINY_UNET = [
+    "--set", "model.base_channels=8", "--set", "model.channel_mults=[1, 2]", "--set", "model.num_heads=2",
+    "--set", "model.norm_groups=4", "--set", "model.train.max_steps=3", "--set", "model.distill.max_steps=2",
+    "--set", "matrix.size_factor=[0.5]", "--set", "matrix.cfg_scale=[1.0]", "--set", "matrix.seed=[0]",
+]
+
+
+def test_train_teacher_then_students_then_run_trains_nothing(tmp_path, capsys):
+    quickstart = REPO / "benchmarks" / "quickstart.toml"
+    results = str(tmp_path / "r")
+    assert main(["train", "teacher", str(quickstart), "--results", results, *TINY_UNET]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("teacher: ") and "parameters, artifact" in out
+    overrides = [v for v in TINY_UNET if v != "--set"]
+    stages = runner.plan(quickstart, overrides, results_dir=results).stages
+    assert stages["train"] == {"to do": 1, "cached": 1}  # the teacher is cached, the student not
+    assert main(["train", "students", str(quickstart), "--results", results, "--size-factors", "0.5", *TINY_UNET]) == 0
+    assert "student 0.5: " in capsys.readouterr().out
+    stages = runner.plan(quickstart, overrides, results_dir=results).stages
+    assert stages["train"] == {"to do": 0, "cached": 2}
+
+
+def test_train_students_rejects_bad_size_factors(tmp_path, capsys):
+    quickstart = REPO / "benchmarks" / "quickstart.toml"
+    code = main(["train", "students", str(quickstart), "--results", str(tmp_path), "--size-factors", "0.5,x", *TINY_UNET])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "error: --size-factors 0.5,x: expected numbers such as 0.1,0.5"

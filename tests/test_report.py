@@ -1,0 +1,253 @@
+"""``bench report``: Markdown and self-contained HTML reports of a results folder."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import subprocess
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import unquote
+
+import pytest
+
+from harness import hookimpl, report, runner
+from harness.base import Metric, MetricContext, Plot
+from harness.cli import main
+from harness.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+SYNTHETIC = REPO / "benchmarks" / "synthetic.toml"
+#: reference x 2 seeds + magnitude@0.5 x 2 seeds = 4 cells (as in test_runner.py)
+SMALL = [
+    'matrix.pruning_method=["none", "magnitude"]',
+    "matrix.pruning_rate=[0.5]",
+    "matrix.cfg_scale=[1.0]",
+    "matrix.seed=[0, 1]",
+]
+PNG = b"\x89PNG\r\n\x1a\n"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class Flaky(Metric):
+    """Fails on every cell of seed 1 (test plugin)."""
+
+    name = "flaky"
+    requires: ClassVar[frozenset[str]] = frozenset({"samples"})
+
+    def compute(self, ctx: MetricContext) -> float:
+        if ctx.cell.axes["seed"] == 1:
+            raise ValueError("flaky fails on seed 1")
+        return 0.5
+
+
+class Broken(Plot):
+    """Always raises (test plugin)."""
+
+    name = "broken"
+
+    def draw(self, df: Any, out_dir: Path) -> list[Path]:
+        raise RuntimeError("boom")
+
+
+class TestPlugins:
+    @hookimpl
+    def bench_register_metrics(self, register: Any) -> None:
+        register(Flaky)
+
+    @hookimpl
+    def bench_register_plots(self, register: Any) -> None:
+        register(Broken)
+
+
+def _with_extra_plugins(mp: pytest.MonkeyPatch, *plugins: Any) -> None:
+    """Every plugin manager the harness builds also registers ``plugins``."""
+    from harness import registry
+
+    original = registry.get_plugin_manager
+
+    def get_plugin_manager(load_entrypoints: bool = True, extra: list[Any] | None = None) -> Any:
+        return original(load_entrypoints, [*plugins, *(extra or [])])
+
+    mp.setattr(registry, "get_plugin_manager", get_plugin_manager)
+    mp.setattr(runner, "get_plugin_manager", get_plugin_manager)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    """4 cells of the synthetic benchmark; the 2 of seed 1 failed (metric ``flaky``)."""
+    root = tmp_path_factory.mktemp("results")
+    with pytest.MonkeyPatch.context() as mp:
+        _with_extra_plugins(mp, TestPlugins())
+        summary = runner.run(SYNTHETIC, [*SMALL, 'metrics.names=["synthetic_quality", "flaky"]'],
+                             results_dir=str(root), stream=io.StringIO(), interactive=False)
+    assert (summary.ok, summary.error) == (2, 2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def md_report(results, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report-md")
+    assert main(["report", str(results), "--out", str(out)]) == 0
+    return out / "report.md"
+
+
+@pytest.fixture(scope="module")
+def html_report(results, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report-html")
+    path = report.write_report(results, out, fmt="html")
+    assert path == out / "report.html"
+    return path
+
+
+def _run_id(results: Path) -> str:
+    (run_dir,) = [p for p in (results / "synthetic").iterdir() if not p.name.startswith(("_", "."))]
+    return run_dir.name
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def test_markdown_report_has_the_runs_facts_and_the_summary_table(md_report, results):
+    text = md_report.read_text()
+    assert text.startswith("# diffbench report")
+    assert "## synthetic" in text
+    # the manifest's facts
+    assert _run_id(results) in text
+    assert f"`{SYNTHETIC}`" in text  # matrix file
+    assert "**device**: cpu" in text and "**git commit**" in text and "diffbench 0.1" in text
+    assert "Live cells: 4 (2 ok, 2 failed), from 1 run." in text
+    # the summary table of `bench results`, with deltas vs the reference
+    header = next(line for line in text.splitlines() if "mean ± std" in line)
+    assert header.startswith("| ") and "metric" in header and "Δ vs reference" in header
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "synthetic_quality ↑" in line]
+    assert len(rows) == 2  # reference and magnitude@0.5 (seed 0 only: seed 1 failed)
+    assert rows[0].split("|")[1].strip() == "reference"  # the reference comes first
+
+
+def test_markdown_report_links_figures_that_exist(md_report):
+    text = md_report.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert links, text
+    assert any(link.endswith("expected_pruning_curve.png") for link in links)
+    for link in links:
+        assert not Path(link).is_absolute() and link.startswith("figures/")
+        target = md_report.parent / unquote(link)
+        assert target.read_bytes()[:8] == PNG
+    # text outputs are inlined, data files linked
+    assert "Pruning summary: method 'magnitude'" in text
+    assert "figures/pruning/results_magnitude.json" in text
+    # written atomically: no temporary file left behind
+    assert not [p for p in md_report.parent.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_failed_cells_are_listed_with_their_messages(md_report):
+    text = md_report.read_text()
+    section = text.split("### Failed cells", 1)[1].split("### Figures", 1)[0]
+    failed = [line for line in section.splitlines() if line.startswith("| synthetic[")]
+    assert len(failed) == 2
+    assert {line.split("|")[1].strip() for line in failed} == {
+        "synthetic[reference,cfg=1,seed=1]", "synthetic[method=magnitude,rate=0.5,cfg=1,seed=1]"}
+    assert all("ValueError: flaky fails on seed 1" in line for line in failed)
+
+
+# ----------------------------------------------------------------------------- html
+
+
+def test_html_report_is_one_file_with_images_as_data_uris(html_report):
+    text = html_report.read_text()
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    sources = re.findall(r'<img src="([^"]+)"', text)
+    drawn = sorted((html_report.parent / "figures").rglob("*.png"))
+    assert sources and len(sources) == len(drawn)
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == PNG
+    # the tables are HTML tables, the error messages are in them, escaped
+    assert "<table>" in text and "<th class=num>mean ± std</th>" in text
+    assert "ValueError: flaky fails on seed 1" in text
+    assert "synthetic[method=magnitude,rate=0.5,cfg=1,seed=1]" in text
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
+def test_html_report_renders_in_headless_chromium(html_report, tmp_path):
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--no-first-run", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         f"--screenshot={shot}", "--window-size=1200,2000", html_report.resolve().as_uri()],
+        capture_output=True, timeout=120, check=False,
+    )
+    assert shot.read_bytes()[:8] == PNG
+
+
+# ----------------------------------------------------------------------------- plots, paths, errors
+
+
+def test_a_failing_plot_is_listed_and_the_others_are_still_drawn(results, tmp_path, monkeypatch):
+    _with_extra_plugins(monkeypatch, TestPlugins())
+    text = report.write_report(results, tmp_path, fmt="md").read_text()
+    assert "- **broken**: `RuntimeError: boom`" in text
+    assert "expected_pruning_curve.png" in text
+
+
+@pytest.mark.parametrize("where", ["root", "benchmark", "run"])
+def test_a_results_benchmark_or_run_folder_can_be_reported(where, results, tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "_draw_plots", lambda df, registry, fig_dir: [])  # facts only: fast
+    run_id = _run_id(results)
+    path = {"root": results, "benchmark": results / "synthetic", "run": results / "synthetic" / run_id}[where]
+    rep = report.collect(path, tmp_path)
+    (section,) = rep.benchmarks
+    assert section.name == "synthetic"
+    assert [r.run_id for r in section.runs] == [run_id]
+    assert section.runs[0].manifest["matrix_file"] == str(SYNTHETIC)
+    assert (section.live_ok, section.live_error) == (2, 2)
+
+
+def test_cells_of_different_num_samples_are_not_averaged_together(results):
+    import pandas as pd
+
+    from harness import load_results
+
+    df = load_results(results, with_reference=True)
+    other = df.assign(num_samples=8, run_id="other", value=df["value"] + 1)  # a second configuration
+    both = pd.concat([df, other], ignore_index=True)
+    summary = report._summarize(both)
+    quality = summary[(summary.metric == "synthetic_quality") & (summary.role == "reference")]
+    assert sorted(quality["num_samples"]) == [8, 16]
+    assert (quality["n"] == 1).all()  # seed 0 of each configuration (seed 1 failed)
+
+
+def test_missing_path_is_one_line_and_exit_code_2(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    assert main(["report", str(missing), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(missing) in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_without_results_is_one_line_and_exit_code_2(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    (empty / "synthetic").mkdir(parents=True)
+    assert main(["report", str(empty), "--out", str(tmp_path / "out"), "--format", "html"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(empty) in err[0] and "no results" in err[0]
+
+
+def test_unknown_format_is_a_user_error(results, tmp_path):
+    with pytest.raises(UserError, match="format pdf"):
+        report.write_report(results, tmp_path, fmt="pdf")  # type: ignore[arg-type]
+
+
+def test_the_report_module_does_not_import_plugins():
+    source = (REPO / "harness" / "report.py").read_text()
+    assert not re.search(r"^\s*(from|import)\s+plugins\b", source, re.MULTILINE)
+
