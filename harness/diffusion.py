@@ -247,7 +247,12 @@ class _Progress:
 
     def __init__(self, ctx: TrainContext, desc: str, total: int) -> None:
         self.desc, self.total, self.n = desc, total, 0
-        self.bar = ctx.progress(desc, total) if ctx.progress is not None else None
+        self.bar = None
+        if ctx.progress is not None:
+            try:
+                self.bar = ctx.progress(desc, total, unit="epochs")
+            except TypeError:  # a progress callable without units
+                self.bar = ctx.progress(desc, total)
 
     def update(self, n: int = 1, loss: float | None = None) -> None:
         self.n += n

@@ -14,11 +14,11 @@ from typing import Any, TextIO
 
 
 class _PlainTask:
-    def __init__(self, owner: Progress, desc: str, total: int) -> None:
+    def __init__(self, owner: Progress, desc: str, total: int, unit: str = "steps") -> None:
         self.owner, self.desc, self.total, self.done = owner, desc, total, 0
         self._last = 0.0
         self.t0 = time.perf_counter()
-        owner._line(f"{desc}: started ({total} steps)")
+        owner._line(f"{desc}: started ({total} {unit})")
 
     def update(self, n: int = 1) -> None:
         self.done += n
@@ -95,11 +95,11 @@ class Progress:
         else:
             print(text, file=self.stream, flush=True)
 
-    def task(self, desc: str, total: int) -> Any:
+    def task(self, desc: str, total: int, unit: str = "steps") -> Any:
         """A nested progress task (training epochs, sampling batches)."""
         if self._rich is not None:
-            return _RichTask(self._rich, desc, total)
-        return _PlainTask(self, desc, total)
+            return _RichTask(self._rich, f"{desc} ({unit})", total)
+        return _PlainTask(self, desc, total, unit)
 
     def cell_started(self, name: str) -> None:
         if self._rich is not None:
