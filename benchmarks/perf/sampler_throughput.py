@@ -1,0 +1,309 @@
+"""Sampler throughput: images/s of diffbench's sampler against hand-written sampling loops.
+
+Three contenders sample the same untrained teacher (the ``unet`` family on 16x16 digits,
+weights from a fixed seed: weights do not change the cost) with DDIM and classifier-free
+guidance, on the same noise and labels, in one run:
+
+- **harness**: the engine's own sampling routine for a cell (``Engine._sample``: the
+  matrix is loaded with ``load_matrix``, the cell planned with ``plan_cells``, the
+  variant built through the artifact cache); its time is the one the cell records
+  (``sampling_seconds``, around ``model.sample`` after the engine's warm-up).
+- **per-image loop**: what research scripts usually write: for each image, for each
+  timestep, a conditional and an unconditional forward pass of batch 1 under
+  ``torch.no_grad``. Timed on a subset (``--loop-images``) to stay affordable.
+- **hand-written batched loop**: the fastest loop one writes by hand: all images in one
+  batch, ``torch.inference_mode``, coefficients precomputed, guidance either as one
+  concatenated batch of 2N (``concat``) or as two passes of N (``split``); both are timed
+  and the faster one is the reference.
+
+Rounds interleave the contenders (the order rotates each round) so that load from other
+processes hits all of them alike; each contender's best round (wall time) is compared.
+The table also gives each contender's process CPU seconds (best round) and its wall time
+per round: the same work costs about the same CPU seconds, so a wall-time gap between
+contenders with equal CPU seconds is load from other processes, not the code (on CPU the
+script prints that cross-check as ``same work: ... by CPU seconds``). The harness
+output is checked against the hand-written loops' output on the same noise (max abs
+difference of the images in [0, 1]): the script exits 1 when they disagree.
+Torch threads are left as the engine leaves them (torch's default); ``OMP_WAIT_POLICY``
+defaults to ``PASSIVE`` (see below). The hand-written loops use torch's default (NCHW)
+layout, which is what the harness's convolutions get for 1-channel images.
+
+Goals: >= 2.5x the per-image loop, >= 0.95x the best hand-written batched loop.
+
+Usage: python benchmarks/perf/sampler_throughput.py [--images 256] [--steps 25]
+       [--repeats 5] [--loop-images 16] [--device auto] [--quick]
+Prints a table, then ``sampler vs per-image loop: 4.8x`` and, last,
+``sampler vs best hand-written loop: 0.97x``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+# Idle OpenMP workers spin by default: on a shared, loaded machine that makes one and the
+# same forward pass vary 10x from call to call (measured on 2 busy cores), which drowns
+# the differences this script measures. Passive waiting keeps torch's thread count (the
+# engine's default) and only stops the spinning; OMP_WAIT_POLICY=ACTIVE measures the
+# default. Must be set before torch starts OpenMP, hence before the import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+#: max abs difference (images in [0, 1]) above which the contenders do not compute the same thing
+TOLERANCE = 1e-4
+
+MATRIX = """\
+[benchmark]
+name = "sampler_throughput"
+seed = 0
+
+[dataset]
+name = "digits"
+image_size = 16
+
+[model]
+name = "unet"
+timesteps = 50
+schedule = "cosine"
+
+[sampling]
+sampler = "ddim"
+steps = {steps}
+cfg_batching = "{cfg_batching}"
+num_samples = {images}
+batch_size = {batch_size}
+
+[matrix]
+cfg_scale = [{cfg_scale}]
+seed = [0]
+
+[metrics]
+names = ["generation_time"]
+
+[execution]
+device = "{device}"
+"""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def ddim_timesteps(T: int, steps: int) -> list[int]:
+    """The DDIM timesteps, evenly spaced from T-1 to 0 (as the harness documents them)."""
+    if steps == 1:
+        return [T - 1]
+    return [int(round(v)) for v in torch.linspace(T - 1, 0, steps, dtype=torch.float64).tolist()]
+
+
+def per_image_loop(model, noise, labels, steps: int, scale: float) -> torch.Tensor:  # noqa: ANN001
+    """The research-script loop: one image at a time, two batch-1 forwards per step."""
+    net, sched = model.net, model.schedule
+    ts = ddim_timesteps(sched.timesteps, steps)
+    alpha_bar = sched.alpha_bar.to(noise.device)
+    out = []
+    with torch.no_grad():
+        for i in range(noise.shape[0]):
+            x = noise[i : i + 1]
+            y = labels[i : i + 1]
+            y_null = torch.full_like(y, model.num_classes)
+            for j, t in enumerate(ts):
+                t_batch = torch.tensor([t], device=noise.device)
+                eps_c = net(x, t_batch, y)
+                eps_u = net(x, t_batch, y_null)
+                eps = eps_u + scale * (eps_c - eps_u)
+                ab = alpha_bar[t]
+                ab_prev = alpha_bar[ts[j + 1]] if j + 1 < len(ts) else torch.ones((), device=noise.device)
+                x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
+                eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+                x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+            out.append(((x + 1) / 2).clamp(0, 1).cpu())
+    return torch.cat(out)
+
+
+def batched_loop(model, noise, labels, steps: int, scale: float, concat: bool) -> torch.Tensor:  # noqa: ANN001
+    """The tight hand-written loop: the whole batch per step, guidance as 2N or N + N."""
+    net, sched = model.net, model.schedule
+    ts = ddim_timesteps(sched.timesteps, steps)
+    n = noise.shape[0]
+    dev = noise.device
+    null = torch.full_like(labels, model.num_classes)
+    both_labels = torch.cat([labels, null])
+    coefs = []
+    for j, t in enumerate(ts):
+        ab = sched.alpha_bar_of(t)
+        ab_prev = sched.alpha_bar_of(ts[j + 1] if j + 1 < len(ts) else -1)
+        coefs.append((math.sqrt(ab), math.sqrt(1 - ab), math.sqrt(ab_prev), math.sqrt(1 - ab_prev)))
+    t_n = [torch.full((n,), t, dtype=torch.long, device=dev) for t in ts]
+    t_2n = [torch.full((2 * n,), t, dtype=torch.long, device=dev) for t in ts]
+    x = noise
+    with torch.inference_mode():
+        for j in range(len(ts)):
+            sa, s1a, sa_prev, s1a_prev = coefs[j]
+            if concat:
+                eps_c, eps_u = net(torch.cat([x, x]), t_2n[j], both_labels).chunk(2)
+            else:
+                eps_c = net(x, t_n[j], labels)
+                eps_u = net(x, t_n[j], null)
+            eps = eps_u + scale * (eps_c - eps_u)
+            x0 = ((x - s1a * eps) / sa).clamp(-1, 1)
+            eps = (x - sa * x0) / s1a
+            x = sa_prev * x0 + s1a_prev * eps
+        return ((x + 1) / 2).clamp(0, 1).cpu()
+
+
+@dataclass
+class Timing:
+    """Wall and process CPU seconds of one sampling run."""
+
+    wall: float
+    cpu: float
+
+
+def timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[Timing, torch.Tensor]:
+    _sync(device)
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    _sync(device)
+    return Timing(time.perf_counter() - t0, time.process_time() - c0), out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=256, help="images per sampling run")
+    parser.add_argument("--batch-size", type=int, default=None, help="harness batch size (default: --images)")
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    parser.add_argument("--cfg-scale", type=float, default=3.0, help="guidance scale (not 0 or 1: both branches run)")
+    parser.add_argument("--cfg-batching", default="auto", choices=["auto", "concat", "split"],
+                        help="the harness's sampling.cfg_batching")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the best round counts")
+    parser.add_argument("--loop-images", type=int, default=16, help="images the per-image loop samples")
+    parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the untrained teacher's weights")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 images, 2 steps, 1 round")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.steps, args.repeats, args.loop_images = 4, 2, 1, 2
+    if args.cfg_scale in (0.0, 1.0):
+        parser.error("--cfg-scale 0 or 1 runs a single branch; use a guided scale such as 3")
+    batch_size = args.batch_size or args.images
+    loop_images = max(1, min(args.loop_images, args.images))
+
+    from harness.config import load_matrix
+    from harness.diffusion import resolve_cfg_batching
+    from harness.engine import Engine
+    from harness.planner import plan_cells
+
+    with tempfile.TemporaryDirectory(prefix="sampler-throughput-") as tmp:
+        matrix = Path(tmp) / "sampler_throughput.toml"
+        matrix.write_text(MATRIX.format(steps=args.steps, cfg_batching=args.cfg_batching, images=args.images,
+                                        batch_size=batch_size, cfg_scale=args.cfg_scale, device=args.device))
+        cfg = load_matrix(matrix, results_dir=str(Path(tmp) / "results"))
+        (cell,) = plan_cells(cfg)
+        engine = Engine(cfg, Path(tmp) / "cache")
+        device = engine.device
+        spec = cell.variant
+        # an untrained teacher, built by the engine through the artifact cache as for any
+        # cell; trainable=False is the contract flag of families with ready weights
+        engine.family(spec).trainable = False
+        torch.manual_seed(args.seed)
+        variant = engine.variant(spec)
+        model = variant.model
+
+        n = args.images
+        noise = engine.noise(cell, tuple(model.sample_shape), n).to(device)
+        labels = model.encode_conditions(engine.conditions(cell, n))
+        scale, steps = float(args.cfg_scale), args.steps
+        harness_mode = resolve_cfg_batching(args.cfg_batching, device)
+
+        # the CPU seconds of the engine's timed model.sample call (its wall time is the
+        # engine's own figure); the instance attribute shadows the method for this model only
+        sample_cpu: list[float] = []
+        sample = model.sample
+
+        def sample_with_cpu(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+            c0 = time.process_time()
+            try:
+                return sample(*a, **kw)
+            finally:
+                sample_cpu.append(time.process_time() - c0)
+
+        model.sample = sample_with_cpu  # type: ignore[method-assign]
+
+        def run_harness() -> tuple[Timing, torch.Tensor]:
+            tensors, meta = engine._sample(spec, cell, False)
+            return Timing(meta["stats"]["sampling_seconds"], sample_cpu[-1]), tensors["images"]
+
+        contenders: dict[str, tuple[int, Callable[[], tuple[Timing, torch.Tensor]]]] = {
+            f"harness sampler (engine, {harness_mode})": (n, run_harness),
+            "hand-written batched, concat": (
+                n, lambda: timed(lambda: batched_loop(model, noise, labels, steps, scale, True), device)),
+            "hand-written batched, split": (
+                n, lambda: timed(lambda: batched_loop(model, noise, labels, steps, scale, False), device)),
+            "per-image loop (research script)": (
+                loop_images,
+                lambda: timed(lambda: per_image_loop(model, noise[:loop_images], labels[:loop_images], steps, scale),
+                              device)),
+        }
+        names = list(contenders)
+        # warm-up (the harness warms up inside every call, as a cell does)
+        m = min(n, 4)
+        batched_loop(model, noise[:m], labels[:m], steps, scale, True)
+        batched_loop(model, noise[:m], labels[:m], steps, scale, False)
+        per_image_loop(model, noise[:1], labels[:1], 1, scale)
+
+        runs: dict[str, list[Timing]] = {k: [] for k in names}
+        outputs: dict[str, torch.Tensor] = {}
+        for r in range(args.repeats):
+            # rotate the order so no contender always follows the same one
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                timing, out = contenders[name][1]()
+                runs[name].append(timing)
+                outputs[name] = out
+
+    rate = {k: contenders[k][0] / min(t.wall for t in v) for k, v in runs.items()}
+    harness_name, concat_name, split_name, loop_name = names
+    best_hw = concat_name if rate[concat_name] >= rate[split_name] else split_name
+    diff_hw = max(float((outputs[harness_name] - outputs[k]).abs().max()) for k in (concat_name, split_name))
+    diff_loop = float((outputs[loop_name] - outputs[split_name][:loop_images]).abs().max())
+
+    params = sum(p.numel() for p in model.net.parameters())
+    print(f"unet teacher (untrained, {params:,} params), {tuple(model.sample_shape)}, DDIM {steps} steps, "
+          f"CFG {scale:g}, {n} images, batch {batch_size}, device {device}, torch threads {torch.get_num_threads()}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, best of {args.repeats} interleaved round(s)")
+    width = max(len(k) for k in names)
+    print(f"{'contender':<{width}}  {'images':>6}  {'best s':>8}  {'median s':>8}  {'images/s':>8}  "
+          f"{'cpu s':>8}  wall s per round")
+    for k in names:
+        walls = [t.wall for t in runs[k]]
+        mark = "  <- best hand-written" if k == best_hw else ""
+        print(f"{k:<{width}}  {contenders[k][0]:>6}  {min(walls):>8.3f}  {statistics.median(walls):>8.3f}  "
+              f"{rate[k]:>8.1f}  {min(t.cpu for t in runs[k]):>8.3f}  {' '.join(f'{w:.2f}' for w in walls)}{mark}")
+    same = diff_hw <= TOLERANCE
+    print(f"same output: harness vs hand-written max |diff| = {diff_hw:.2e} ({'ok' if same else 'MISMATCH'}); "
+          f"per-image loop vs hand-written = {diff_loop:.2e} (images in [0, 1])")
+    wall_ratio = rate[harness_name] / rate[best_hw]
+    if device.type == "cpu":
+        cpu_best = {k: min(t.cpu for t in runs[k]) for k in names}
+        cpu_ratio = min(cpu_best[concat_name], cpu_best[split_name]) / cpu_best[harness_name]
+        print(f"same work: sampler vs best hand-written loop by CPU seconds: {cpu_ratio:.2f}x")
+        if wall_ratio < 0.95 <= cpu_ratio:
+            print("note: the wall-time gap is not in the CPU seconds: other processes took the CPU; "
+                  "rerun with more --repeats or on an idle machine")
+    print(f"sampler vs per-image loop: {rate[harness_name] / rate[loop_name]:.1f}x")
+    print(f"sampler vs best hand-written loop: {wall_ratio:.2f}x")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The performance scripts in ``benchmarks/perf/`` run end to end (smoke runs; no timings asserted)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PERF = REPO / "benchmarks" / "perf"
+
+
+def test_sampler_throughput_quick(tmp_path: Path) -> None:
+    # --quick: 4 images, 2 DDIM steps, 1 round (a few seconds of work after the imports)
+    proc = subprocess.run(
+        [sys.executable, str(PERF / "sampler_throughput.py"), "--quick", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert any(line.startswith("harness sampler (engine, ") for line in lines)
+    assert any(re.fullmatch(r"same output: harness vs hand-written max \|diff\| = \S+ \(ok\);.*", line) for line in lines)
+    assert re.fullmatch(r"sampler vs per-image loop: \d+\.\dx", lines[-2])
+    assert re.fullmatch(r"sampler vs best hand-written loop: \d+\.\d\dx", lines[-1])
