@@ -26,3 +26,23 @@ def test_sampler_throughput_quick(tmp_path: Path) -> None:
     assert any(re.fullmatch(r"same output: harness vs hand-written max \|diff\| = \S+ \(ok\);.*", line) for line in lines)
     assert re.fullmatch(r"sampler vs per-image loop: \d+\.\dx", lines[-2])
     assert re.fullmatch(r"sampler vs best hand-written loop: \d+\.\d\dx", lines[-1])
+
+
+def _quick(script: str, tmp_path: Path) -> list[str]:
+    proc = subprocess.run(
+        [sys.executable, str(PERF / script), "--quick"], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip().splitlines()
+
+
+def test_structured_speedup_quick(tmp_path: Path) -> None:
+    lines = _quick("structured_speedup.py", tmp_path)
+    assert re.match(r"unet teacher [\d,]+ params, structured 0.5: [\d,]+ params \(0\.\d\dx\), MACs 0\.\d\dx", lines[0])
+    assert re.fullmatch(r"structured 0.5 sampling speed-up: \d+\.\d\dx", lines[-1])
+
+
+def test_cached_rerun_quick(tmp_path: Path) -> None:
+    lines = _quick("cached_rerun.py", tmp_path)
+    assert re.fullmatch(r"re-run \(all stored\): +\S+ s  \(3 cells skipped\)", lines[2])
+    assert re.fullmatch(r"cached re-run vs first run: \d+\.\d%", lines[-1])
