@@ -8,6 +8,11 @@ pretrained weights they cannot find skip with the reason (the contract does that
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,7 +48,34 @@ def _compute_on_tiny_unet(self: Any, cache: Any) -> Any:
     return normalise_metric_result(self.metric_cls.name, self.metric_cls(**self.metric_options).compute(ctx))
 
 
+def _dataset_fixture(name: str, **options: Any) -> property:
+    """``dataset_options`` pointing at a generated local copy (the datasets that read files need one).
+
+    The fixture is written once per session, on first use, into a temporary folder; the
+    writers are the ones of ``tests/test_real_datasets.py``.
+    """
+
+    def get(self: Any) -> dict[str, Any]:
+        return {"root": str(_fixture_root(name)), "image_size": 16, **options}
+
+    return property(get)
+
+
+@functools.cache
+def _fixture_root(name: str) -> Path:
+    from test_real_datasets import make_coco, make_flickr8k, make_image_folder
+
+    write = {"coco": make_coco, "flickr8k": make_flickr8k, "image_folder": make_image_folder}[name]
+    root = Path(tempfile.mkdtemp(prefix=f"diffbench-{name}-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return write(root / name)
+
+
 OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
+    # datasets read from disk: a handful of generated images in each real layout
+    ("datasets", "coco"): {"dataset_options": _dataset_fixture("coco", max_items=4)},
+    ("datasets", "flickr8k"): {"dataset_options": _dataset_fixture("flickr8k")},
+    ("datasets", "image_folder"): {"dataset_options": _dataset_fixture("image_folder")},
     # the defaults fine-tune 3 x 100 steps: the contract checks behaviour, not convergence
     ("pruners", "iterative"): {"pruner_options": {"rounds": 2, "finetune_steps": 2}},
     # the stand-in has no attention and its only channels feed a protected embedding
