@@ -450,13 +450,7 @@ class Engine:
         except (Exception, UserError) as exc:  # noqa: BLE001 - a failing cell must not stop the run
             log.debug("cell %s failed:\n%s", cell.name, traceback.format_exc())
             message = f"{type(exc).__name__}: {exc}".strip()
-            duration = time.perf_counter() - t0
-            # one error row per metric of the cell: the store (and summaries) key rows by metric
-            failed = [{"metric": m.name, "value": float("nan"),
-                       "higher_is_better": self.registry.get("metrics", m.name).higher_is_better}
-                      for m in self.cfg.metrics]
-            rows = [self._row(cell, r, {}, duration, error=message) for r in failed]
-            return CellResult(cell, rows, "error", message, duration)
+            return error_result(self.cfg, cell, message, time.perf_counter() - t0)
         duration = time.perf_counter() - t0
         out = [self._row(cell, r, info, duration) for r in rows]
         return CellResult(cell, out, "ok", None, duration)
@@ -560,39 +554,54 @@ class Engine:
     # ------------------------------------------------------------------ rows
     def _row(self, cell: Cell, r: dict[str, Any] | None, info: dict[str, Any], duration: float,
              error: str | None = None) -> dict[str, Any]:
-        sf = cell.axes["size_factor"]
-        row = {
-            "cell_id": cell.cell_id,
-            "cell_name": cell.name,
-            "role": cell.role,
-            "model": self.cfg.model.name,
-            "size_factor": float("nan") if sf is None else float(sf),
-            "size_tier": size_tier(sf),
-            "param_ratio": info.get("param_ratio", float("nan")),
-            "pruning_method": cell.axes["pruning_method"],
-            "pruning_rate": float(cell.axes["pruning_rate"]),
-            "sparsity": info.get("sparsity", float("nan")),
-            "cfg_scale": float(cell.axes["cfg_scale"]),
-            "sampler": cell.axes["sampler"],
-            "steps": int(cell.axes["steps"]),
-            "seed": int(cell.axes["seed"]),
-            "dataset": self.cfg.dataset.name,
-            "num_samples": info.get("num_samples", cell.sampling["num_samples"]),
-            "num_params": info.get("num_params"),
-            "nonzero_params": info.get("nonzero_params"),
-            "macs": info.get("macs", float("nan")),
-            "speedup": info.get("speedup", float("nan")),
-            "metric": None if r is None else r["metric"],
-            "value": float("nan") if r is None else float(r["value"]),
-            "timestep": float("nan") if r is None or r.get("timestep") is None else float(r["timestep"]),
-            "higher_is_better": None if r is None else bool(r["higher_is_better"]),
-            "status": "error" if error else "ok",
-            "error": error,
-            "duration_s": duration,
-            "blob": None if r is None else r.get("blob"),
-        }
-        row.update(cell.option_columns())
-        return row
+        return cell_row(self.cfg, cell, r, info, duration, error)
+
+
+def cell_row(cfg: BenchConfig, cell: Cell, r: dict[str, Any] | None, info: dict[str, Any], duration: float,
+             error: str | None = None) -> dict[str, Any]:
+    """One result row of ``cell``: metric row ``r`` plus the cell's columns (``info``: measured sizes)."""
+    sf = cell.axes["size_factor"]
+    row = {
+        "cell_id": cell.cell_id,
+        "cell_name": cell.name,
+        "role": cell.role,
+        "model": cfg.model.name,
+        "size_factor": float("nan") if sf is None else float(sf),
+        "size_tier": size_tier(sf),
+        "param_ratio": info.get("param_ratio", float("nan")),
+        "pruning_method": cell.axes["pruning_method"],
+        "pruning_rate": float(cell.axes["pruning_rate"]),
+        "sparsity": info.get("sparsity", float("nan")),
+        "cfg_scale": float(cell.axes["cfg_scale"]),
+        "sampler": cell.axes["sampler"],
+        "steps": int(cell.axes["steps"]),
+        "seed": int(cell.axes["seed"]),
+        "dataset": cfg.dataset.name,
+        "num_samples": info.get("num_samples", cell.sampling["num_samples"]),
+        "num_params": info.get("num_params"),
+        "nonzero_params": info.get("nonzero_params"),
+        "macs": info.get("macs", float("nan")),
+        "speedup": info.get("speedup", float("nan")),
+        "metric": None if r is None else r["metric"],
+        "value": float("nan") if r is None else float(r["value"]),
+        "timestep": float("nan") if r is None or r.get("timestep") is None else float(r["timestep"]),
+        "higher_is_better": None if r is None else bool(r["higher_is_better"]),
+        "status": "error" if error else "ok",
+        "error": error,
+        "duration_s": duration,
+        "blob": None if r is None else r.get("blob"),
+    }
+    row.update(cell.option_columns())
+    return row
+
+
+def error_result(cfg: BenchConfig, cell: Cell, message: str, duration: float) -> CellResult:
+    """The result of a failed cell: one error row per metric (the store keys rows by metric)."""
+    failed = [{"metric": m.name, "value": float("nan"),
+               "higher_is_better": cfg.registry.get("metrics", m.name).higher_is_better}
+              for m in cfg.metrics]
+    rows = [cell_row(cfg, cell, r, {}, duration, error=message) for r in failed]
+    return CellResult(cell, rows, "error", message, duration)
 
 
 def normalise_metric_result(name: str, result: Any) -> list[dict[str, Any]]:
@@ -636,7 +645,15 @@ def _index_conditions(c: Conditions, idx: torch.Tensor) -> Conditions:
 
 
 class UnitWorker:
-    """Runs work units (picklable, so executors can ship it to other processes)."""
+    """Runs work units (picklable, so executors can ship it to other processes).
+
+    Pickling drops the in-process parts: the loaded matrix and engine (another process
+    reloads the matrix from ``cfg_path`` + ``overrides``, so ship absolute paths), the
+    progress display and ``on_start``. ``on_start(cell)`` is the runner's "cell started"
+    callback (progress line, ``bench_before_cell``); called here before each cell when the
+    worker runs in the runner's process. An executor that runs the worker elsewhere calls
+    ``work.on_start(cell)`` itself, in the runner's process, when it hands the unit out.
+    """
 
     def __init__(
         self, cfg_path: str, overrides: list[str], results_dir: str, cache_dir: str, cfg: BenchConfig | None = None
@@ -655,13 +672,23 @@ class UnitWorker:
         state.update(_engine=None, _cfg=None, progress=None, on_start=None)
         return state
 
-    def engine(self) -> Engine:
-        if self._engine is None:
+    @property
+    def config(self) -> BenchConfig:
+        """The matrix (given in-process; loaded from ``cfg_path`` once per process otherwise)."""
+        if self._cfg is None:
             from harness.config import load_matrix
 
-            cfg = self._cfg or load_matrix(self.cfg_path, self.overrides, results_dir=self.results_dir)
-            self._engine = Engine(cfg, Path(self.cache_dir), progress=self.progress)
+            self._cfg = load_matrix(self.cfg_path, self.overrides, results_dir=self.results_dir)
+        return self._cfg
+
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = Engine(self.config, Path(self.cache_dir), progress=self.progress)
         return self._engine
+
+    def error_results(self, unit: WorkUnit, message: str, duration: float = 0.0) -> list[CellResult]:
+        """Error results for every cell of ``unit`` (for executors whose worker died on it)."""
+        return [error_result(self.config, cell, message, duration) for cell in unit.cells]
 
     def __call__(self, unit: WorkUnit) -> Iterator[CellResult]:
         engine = self.engine()

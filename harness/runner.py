@@ -212,7 +212,9 @@ def run(
         run_handle.declare_columns({k: [*v, *(d[k] for d in cfg.include if k in d)]
                                     for k, v in cfg.axes.items() if "." in k})
         summary.run_id, summary.run_dir = run_handle.run_id, run_handle.path
-        worker = UnitWorker(str(matrix), list(overrides or []), str(cfg.results_dir), str(cache_dir(cfg)), cfg=cfg)
+        # absolute paths: executors may run the worker in other processes, cwds and machines
+        worker = UnitWorker(str(Path(matrix).resolve()), list(overrides or []), str(cfg.results_dir.resolve()),
+                            str(cache_dir(cfg).resolve()), cfg=cfg)
         with Progress(len(todo), stream=stream, interactive=interactive, quiet=quiet) as progress:
             if summary.skipped:
                 progress.message(f"{summary.skipped} of {len(cells)} cells already stored; running {len(todo)}")

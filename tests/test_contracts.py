@@ -9,6 +9,7 @@ pretrained weights they cannot find skip with the reason (the contract does that
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import functools
 import shutil
 import tempfile
@@ -72,6 +73,9 @@ def _fixture_root(name: str) -> Path:
 
 
 OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
+    # the ray executor is an optional extra (pip install -e ".[ray]")
+    ("executors", "ray"): {"pytestmark": [pytest.mark.skipif(
+        importlib.util.find_spec("ray") is None, reason='needs the ray extra: pip install -e ".[ray]"')]},
     # datasets read from disk: a handful of generated images in each real layout
     ("datasets", "coco"): {"dataset_options": _dataset_fixture("coco", max_items=4)},
     ("datasets", "flickr8k"): {"dataset_options": _dataset_fixture("flickr8k")},
