@@ -895,6 +895,8 @@ def summarize(df: pd.DataFrame, *, by: Sequence[str] | None = None, per_timestep
         by = [c for c in (*SUMMARY_AXES, *extras) if c in df.columns and df[c].notna().any()]
     by = [c for c in by if c not in ("metric", "seed", "timestep")]
     data = df.copy()
+    if "blob" in data:  # diagnostic rows (sample grids, attention maps): their value is a count
+        data = data[data["blob"].isna()]
     for c in (*by, "metric"):
         if isinstance(data[c].dtype, pd.CategoricalDtype):
             data[c] = data[c].astype(object)
