@@ -129,7 +129,7 @@ def test_plugins_shows_distribution_and_what_each_module_registers(capsys, bench
     assert rows["datasets"]["provides"] == [f"datasets:{n}" for n in bench_registry.names("datasets")]
     assert rows["pruning"]["provides"] == [f"pruners:{n}" for n in bench_registry.names("pruners")]
     assert rows["metrics"]["provides"] == [f"metrics:{n}" for n in bench_registry.names("metrics")]
-    assert rows["executors"]["provides"] == ["executors:local"]
+    assert rows["executors"]["provides"] == ["executors:local", "executors:ray"]
     listed = {item for r in rows.values() for item in r["provides"]}
     assert listed == {f"{k}:{n}" for k, infos in bench_registry.plugins.items() for n in infos}
 

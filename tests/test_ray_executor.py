@@ -37,14 +37,14 @@ from plugins.executors.ray_executor import MISSING_RAY, RayExecutor, unit_depend
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC = REPO / "benchmarks" / "synthetic.toml"
 #: reference + 2 methods x 2 rates, 1 CFG scale, 2 seeds, and a metric option whose
-#: second value (width = 0) makes synthetic_quality divide by zero: half the cells fail,
+#: second value (fail = true) makes synthetic_quality raise: half the cells fail,
 #: deterministically, in any process (Ray workers only see installed plugins)
 MATRIX = [
     'matrix.pruning_method=["magnitude", "random"]',
     "matrix.pruning_rate=[0.3, 0.6]",
     "matrix.cfg_scale=[1.0]",
     "matrix.seed=[0, 1]",
-    'matrix."metrics.synthetic_quality.width"=[0.08, 0.0]',
+    'matrix."metrics.synthetic_quality.fail"=[false, true]',
 ]
 RAY = ["execution.executor=ray", "execution.max_workers=2", "execution.num_cpus=1"]
 #: measured, not computed: differ between any two runs
@@ -141,10 +141,10 @@ def test_ray_rows_equal_the_local_rows(pair):
 def test_failing_cells_are_error_rows_on_ray_too(pair):
     df = pair["ray_df"]
     errors = df[df["status"] == "error"]
-    assert len(errors) == 20 and set(errors["metrics.synthetic_quality.width"]) == {0.0}
-    assert set(errors["error"]) == {"ZeroDivisionError: float division by zero"}
+    assert len(errors) == 20 and set(errors["metrics.synthetic_quality.fail"]) == {True}
+    assert set(errors["error"]) == {"RuntimeError: synthetic_quality: failing on purpose (fail = true)"}
     assert errors["value"].isna().all()
-    assert all("float division by zero" in e for e in pair["ray"].errors)
+    assert all("failing on purpose" in e for e in pair["ray"].errors)
 
 
 def test_lifecycle_hooks_fire_for_remote_cells(pair):
@@ -159,7 +159,7 @@ def test_lifecycle_hooks_fire_for_remote_cells(pair):
     # the reference cells are handed out first, alone: every other unit waits for them
     role = {c.cell_id: c.role for c in pair["cells"]}
     befores = [cid for kind, cid in cell_events if kind == "before"]
-    assert {role[cid] for cid in befores[:4]} == {"reference"}  # 2 seeds x 2 widths
+    assert {role[cid] for cid in befores[:4]} == {"reference"}  # 2 seeds x 2 values of fail
     first_after = next(cid for kind, cid in cell_events if kind == "after")
     assert role[first_after] == "reference"
 

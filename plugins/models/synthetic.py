@@ -108,6 +108,12 @@ class SyntheticFamily(ModelFamily):
         cost_ms: float = field(default=0.0, metadata={"help": "simulated sampling work per cell, in ms"})
         seed: int = field(default=0, metadata={"help": "seed of the random weights"})
 
+        def __post_init__(self) -> None:
+            if self.hidden < 1:
+                raise ValueError(f"hidden must be >= 1, got {self.hidden}")
+            if not (math.isfinite(self.cost_ms) and self.cost_ms >= 0):
+                raise ValueError(f"cost_ms must be a finite number >= 0, got {self.cost_ms}")
+
     def build(self, dataset: Dataset) -> SyntheticModel:
         gen = torch.Generator().manual_seed(self.options.seed)
         net = _TinyNet(dataset.channels, self.options.hidden, dataset.num_classes or 1)
@@ -138,6 +144,12 @@ class SyntheticDataset(Dataset):
         image_size: int = 4
         num_images: int = 64
         seed: int = 0
+
+        def __post_init__(self) -> None:
+            if self.image_size < 1:
+                raise ValueError(f"image_size must be >= 1, got {self.image_size}")
+            if self.num_images < 1:
+                raise ValueError(f"num_images must be >= 1, got {self.num_images}")
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -180,9 +192,24 @@ class SyntheticQuality(Metric):
         width: float = 0.08
         size_exponent: float = 0.3
         best_cfg: float = 3.0
+        #: raise in compute (deterministically, in any process): exercises error handling
+        fail: bool = False
+
+        def __post_init__(self) -> None:
+            for name in ("noise", "cliff", "width", "size_exponent", "best_cfg"):
+                if not math.isfinite(getattr(self, name)):
+                    raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+            if self.noise < 0:
+                raise ValueError(f"noise must be >= 0, got {self.noise}")
+            if self.width <= 0:
+                raise ValueError(f"width must be > 0, got {self.width}")
+            if self.best_cfg < 0:
+                raise ValueError(f"best_cfg must be >= 0 (a CFG scale), got {self.best_cfg}")
 
     def compute(self, ctx: MetricContext) -> float:
         o = self.options
+        if o.fail:
+            raise RuntimeError("synthetic_quality: failing on purpose (fail = true)")
         axes = ctx.cell.axes if ctx.cell is not None else {}
         rate = float(axes.get("pruning_rate") or 0.0)
         size = axes.get("size_factor")
