@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="draw figures from a results folder")
     p.add_argument("path", help="results folder")
-    p.add_argument("--kind", action="append", default=None, help="plot name (repeatable; default: all that apply)")
+    p.add_argument("--kind", action="append", default=None,
+                   help="plot name, or a family prefix such as 'pruning' (repeatable; default: all that apply)")
     p.add_argument("--compare", action="store_true", help="one figure per metric with every method")
     p.add_argument("--out", default="figures", help="output folder (default: figures)")
 
@@ -217,7 +218,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     registry = build_registry()
     df = store.load_results(args.path)
-    names = args.kind or registry.names("plots")
+    names = _plot_names(args.kind, registry.names("plots"))
     out = Path(args.out)
     written: list[Path] = []
     for name in names:
@@ -231,6 +232,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if not written:
         print(f"no figure applies to the results under {args.path} (plots tried: {', '.join(names)})", file=sys.stderr)
     return 0
+
+
+def _plot_names(kinds: list[str] | None, available: list[str]) -> list[str]:
+    """``--kind`` values: plot names, or a prefix naming a family (``pruning`` -> ``pruning_*``)."""
+    if not kinds:
+        return list(available)
+    names: list[str] = []
+    for kind in kinds:
+        family = [n for n in available if n.startswith(f"{kind}_")]
+        names.extend([kind] if kind in available or not family else family)
+    return list(dict.fromkeys(names))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
