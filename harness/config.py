@@ -12,12 +12,14 @@ import logging
 import copy
 import dataclasses
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from harness.base import options_dict, validate_options
 from harness.errors import ConfigError, UserError, did_you_mean, valid_choices
@@ -37,6 +39,17 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads `num_samples = true` as 1; TOML has real booleans, so a
+        # boolean where a number belongs is a mistake (plugin options and axes refuse it too)
+        field_info = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field_info is not None and field_info.annotation in (int, float):
+            kind = "an integer" if field_info.annotation is int else "a number"
+            raise PydanticCustomError("bool_not_number", f"Input should be {kind}, not a boolean")
+        return value
 
 
 class BenchmarkSection(_Strict):
@@ -60,7 +73,7 @@ class ModelSection(PluginSection):
 class SamplingSection(_Strict):
     sampler: str = "ddim"
     steps: int = Field(50, ge=1, le=10000)
-    cfg_scale: float = Field(1.0, ge=0.0)
+    cfg_scale: float = Field(1.0, ge=0.0, allow_inf_nan=False)
     cfg_batching: Literal["auto", "concat", "split"] = "auto"
     num_samples: int = Field(256, ge=1)
     batch_size: int = Field(256, ge=1)
@@ -180,12 +193,28 @@ def parse_override(text: str) -> dict[str, Any]:
     raise ConfigError(f"--set {key}={value}: not a TOML value (numbers 1 / 0.5, strings \"x\", lists [1, 2])")
 
 
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``override`` into a copy of ``base``; tables merge, other values replace."""
+class NotATableError(ValueError):
+    """An override sets a key inside ``key``, but the matrix holds a non-table value there."""
+
+    def __init__(self, key: str, value: Any) -> None:
+        super().__init__(f"{key}: expected a table, got {value!r}")
+        self.key, self.value = key, value
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any], _where: str = "") -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base``; tables merge, other values replace.
+
+    A table in ``override`` where ``base`` holds something else (``execution = 0`` and
+    ``--results DIR``) raises :class:`NotATableError`: replacing the value would hide the
+    file's mistake, and dropping the override would ignore the command line.
+    """
     out = copy.deepcopy(base)
     for key, value in override.items():
+        where = f"{_where}.{key}" if _where else str(key)
+        if isinstance(value, dict) and key in out and not isinstance(out[key], dict):
+            raise NotATableError(where, out[key])
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value, where)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -215,24 +244,62 @@ def load_matrix(
     path = Path(path)
     raw = read_toml(path)
     for text in overrides or []:
-        raw = deep_merge(raw, parse_override(text))
+        try:
+            raw = deep_merge(raw, parse_override(text))
+        except NotATableError as exc:
+            raise ConfigError(f"{path}: {exc} (so --set {text.strip()} cannot set a key inside it)") from None
     if results_dir is not None:
-        raw = deep_merge(raw, {"execution": {"results_dir": str(results_dir)}})
+        try:
+            raw = deep_merge(raw, {"execution": {"results_dir": str(results_dir)}})
+        except NotATableError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     registry = registry or build_registry()
-    return _Validator(path, raw, registry).run()
+    return _Validator(path, raw, registry, results_from_cli=results_dir is not None).run()
+
+
+def leaves_its_folder(value: str) -> bool:
+    """Whether ``value``, read as a path, is relative and climbs out of its folder with ``..``.
+
+    The rule for every path in a matrix (``results_dir``, a dataset's ``root``, a metric's
+    ``weights``, any string option of a plugin): a relative path stays inside the folder it
+    is relative to (the current directory; for some options another declared folder, such
+    as ``image_folder``'s ``captions`` inside its ``root``), so a shared matrix file cannot
+    point a run at ``../../somewhere``. An absolute path (also after ``~`` and ``$VAR``
+    expansion) is taken as written. The check is lexical: ``a/../b`` stays inside, and
+    symbolic links are the user's own choice and are not followed.
+    """
+    expanded = os.path.expandvars(os.path.expanduser(value))
+    if not expanded or os.path.isabs(expanded):
+        return False
+    return os.path.normpath(expanded).split(os.sep, 1)[0] == os.pardir
 
 
 class _Validator:
     """Collects every problem of one matrix, then raises them together."""
 
-    def __init__(self, path: Path, raw: dict[str, Any], registry: Registry) -> None:
+    def __init__(self, path: Path, raw: dict[str, Any], registry: Registry, results_from_cli: bool = False) -> None:
         self.path = path
         self.raw = raw
         self.registry = registry
+        #: ``--results DIR`` given: the command line's folder, not the file's, is used
+        self.results_from_cli = results_from_cli
         self.problems: list[str] = []
 
     def fail(self, key: str, message: str) -> None:
         self.problems.append(f"{self.path}: {key}: {message}")
+
+    def check_paths(self, key: str, value: Any) -> None:
+        """Report every string under ``value`` that is a relative path out of its folder (see ``leaves_its_folder``)."""
+        if isinstance(value, str):
+            if leaves_its_folder(value):
+                self.fail(key, f"relative path {value!r} climbs out of its folder with '..'; "
+                          "give a path inside the current directory or an absolute path")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                self.check_paths(f"{key}[{i}]", v)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                self.check_paths(f"{key}.{k}", v)
 
     def raise_if_any(self) -> None:
         if self.problems:
@@ -292,9 +359,12 @@ class _Validator:
     def _resolve(self, m: MatrixFile) -> BenchConfig:
         reg = self.registry
         dataset_opts = dict(m.dataset.model_extra or {})
-        self._plugin("datasets", m.dataset.name, dataset_opts, "dataset")
+        if self._plugin("datasets", m.dataset.name, dataset_opts, "dataset"):
+            self.check_paths("dataset", dataset_opts)
         model_opts = dict(m.model.model_extra or {})
         model_ok = self._plugin("models", m.model.name, model_opts, "model")
+        if model_ok:
+            self.check_paths("model", model_opts)
         family = reg.get("models", m.model.name) if model_ok else None
         self._check_train(m.model.train, "model.train", "TrainConfig")
         self._check_train(m.model.distill, "model.distill", "DistillConfig")
@@ -316,6 +386,7 @@ class _Validator:
                 continue
             if self._plugin("metrics", name, opts, f"metrics.{name}"):
                 metric_specs.append(PluginSpec(name, opts))
+                self.check_paths(f"metrics.{name}", opts)
         if len(set(m.metrics.names)) != len(m.metrics.names):
             self.fail("metrics.names", "a metric is listed twice")
         for key, value in metric_tables.items():
@@ -330,7 +401,10 @@ class _Validator:
 
         # executor, device
         exec_opts = dict(m.execution.model_extra or {})
-        self._plugin("executors", m.execution.executor, exec_opts, "execution")
+        if self._plugin("executors", m.execution.executor, exec_opts, "execution"):
+            self.check_paths("execution", exec_opts)
+        if not self.results_from_cli:
+            self.check_paths("execution.results_dir", m.execution.results_dir)
         dev = m.execution.device
         if dev not in DEVICES and not (dev.startswith("cuda:") and dev[5:].isdigit()):
             self.fail("execution.device", f"'{dev}' is not a device{did_you_mean(dev, DEVICES)}; valid: "
@@ -354,6 +428,7 @@ class _Validator:
                 continue
             if self._plugin("pruners", pname, opts, f"pruners.{pname}"):
                 pruner_tables[pname] = opts
+                self.check_paths(f"pruners.{pname}", opts)
                 if pname not in methods:
                     # e.g. --set matrix.pruning_method=["magnitude"] on a matrix with [pruners.structured]
                     log.warning("%s: [pruners.%s] has options but no cell uses that pruner; ignored", self.path, pname)
@@ -406,7 +481,10 @@ class _Validator:
             if key in BUILTIN_AXES:
                 checked = [self._axis_value(key, v, f"{where}[{i}]", family) for i, v in enumerate(values)]
             elif "." in key:
+                before = len(self.problems)
                 checked = self._dotted_axis(key, values, where, m)
+                if len(self.problems) == before:
+                    self.check_paths(where, values)
             else:
                 if isinstance(values[0], dict) and key in DOTTED_PREFIXES:
                     # TOML reads an unquoted `pruners.iterative.rounds = [...]` as nested tables
@@ -425,7 +503,8 @@ class _Validator:
             axes[key] = checked
         if "size_factor" in axes and family is not None and not family.supports_sizes:
             self.fail("matrix.size_factor", f"model '{family.name}' does not support size factors")
-        if "pruning_rate" in axes and "pruning_method" not in axes:
+        # m.matrix, not axes: an invalid pruning_method axis is reported once, on its own key
+        if "pruning_rate" in axes and "pruning_method" not in m.matrix:
             self.fail("matrix.pruning_rate", "a pruning_rate axis needs a pruning_method axis")
         return axes
 

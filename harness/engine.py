@@ -621,8 +621,8 @@ def normalise_metric_result(name: str, result: Any) -> list[dict[str, Any]]:
         if "metric" not in r or "value" not in r:
             raise CellError(f"metric '{name}' returned a row without 'metric' and 'value': {r!r}")
         value = float(r["value"])
-        if math.isnan(value):
-            raise CellError(f"metric '{name}' returned NaN for '{r['metric']}'")
+        if not math.isfinite(value):
+            raise CellError(f"metric '{name}' returned {'NaN' if math.isnan(value) else value} for '{r['metric']}'")
         clean = {"metric": str(r["metric"]), "value": value}
         if r.get("timestep") is not None:
             clean["timestep"] = float(r["timestep"])

@@ -2,15 +2,22 @@
 
 For every benchmark under the folder the report gives the runs' manifest facts (run
 ids, matrix file, device, versions, git commit, start and end, cells ok / failed), the
-summary table of ``bench results`` (:func:`harness.store.summarize`: mean ± s.d. over
-seeds per variant and CFG scale, with the mean delta to the reference), the failed cells
+summary table of ``bench results`` (:func:`harness.store.summarize`: per variant and CFG
+scale, the mean over seeds with its 95% confidence interval, the s.d. and the number of
+values, and the mean paired delta to the reference with its interval), the failed cells
 with their error messages, and the figures of every plot plugin that applies, drawn into
 ``<out>/figures/``. A plot that raises is listed with its error; the others still run.
+
+Confidence intervals are Student t intervals over seeds, ``mean ± t(0.975, n - 1) *
+s.d. / sqrt(n)`` with ``n`` the values averaged (one per seed); for the delta to the
+reference, the same over the per-seed paired differences. With ``n < 2`` there is no
+interval, and the table says so.
 
 The Markdown report links the figures by relative path (keep ``report.md`` and
 ``figures/`` together); the HTML report is one self-contained file: the images are
 embedded as base64 ``data:`` URIs, text outputs (``pruning_summary``) are inlined, and
-only other data files (``pruning_json``'s JSON) are linked.
+only other data files (``pruning_json``'s JSON) are linked. Its tables sort by a click
+on a column header (a small inline script; nothing is fetched from the network).
 
 Plots are found through the plugin registry, as ``bench plot`` does: the core knows
 no plot by name.
@@ -35,6 +42,7 @@ from harness.errors import UserError
 from harness.store import (
     MANIFEST,
     _atomic_write_bytes,
+    _fmt,
     add_reference,
     format_table,
     fragment_files,
@@ -104,6 +112,8 @@ class SummaryTable:
     right: list[bool]
     rows: list[list[str]]
     caption: str | None
+    #: some row has fewer than two values, so no confidence interval
+    few_values: bool = False
 
 
 @dataclass
@@ -230,28 +240,87 @@ def _section(name: str, df: pd.DataFrame, with_ref: pd.DataFrame, runs: list[Run
     )
 
 
+_STATS = ("metric", "higher_is_better", "mean", "std", "n", "errors", "delta_mean")
+#: the summary's headers in the report (``format_table``'s, then the ones this module adds)
+MEAN_CI, SD, DELTA = "mean ± 95% CI", "s.d.", "Δ vs reference ± 95% CI"
+
+
 def _summarize(df: pd.DataFrame) -> pd.DataFrame:
     """:func:`summarize`, but cells of different ``num_samples`` (a folder holding runs of
-    two configurations, docs/analysis.md) are kept apart rather than averaged together."""
+    two configurations, docs/analysis.md) are kept apart rather than averaged together.
+
+    With a ``delta`` column, also ``delta_std`` and ``delta_n``: the s.d. and count of the
+    per-seed paired deltas, for their confidence interval.
+    """
+    by = None
     summary = summarize(df)
     if df["num_samples"].nunique() > 1:
-        stats = {"metric", "higher_is_better", "mean", "std", "n", "errors", "delta_mean"}
-        summary = summarize(df, by=[*(c for c in summary.columns if c not in stats), "num_samples"])
+        by = [*(c for c in summary.columns if c not in _STATS), "num_samples"]
+        summary = summarize(df, by=by)
+    if "delta" in df:
+        # the deltas summarised as values: the same groups in the same order
+        deltas = summarize(df.drop(columns="delta").assign(value=df["delta"]), by=by)
+        keys = [c for c in summary.columns if c not in _STATS]
+        if len(deltas) == len(summary) and deltas[keys].reset_index(drop=True).equals(summary[keys]):
+            summary = summary.assign(delta_std=deltas["std"].to_numpy(), delta_n=deltas["n"].to_numpy())
     return summary
 
 
+def ci_halfwidth(std: float, n: int, level: float = 0.95) -> float:
+    """Half-width of the Student t confidence interval of a mean of ``n`` values with s.d. ``std``.
+
+    ``t(1 - (1 - level) / 2, n - 1) * std / sqrt(n)``; NaN for ``n < 2``.
+    """
+    import math
+
+    from scipy import stats
+
+    if n is None or n < 2 or std is None or math.isnan(std):
+        return math.nan
+    return float(stats.t.ppf(1 - (1 - level) / 2, n - 1) * std / math.sqrt(n))
+
+
+def _with_ci(mean: Any, std: Any, n: Any, signed: bool = False, note: str = " (n < 2, no CI)") -> str:
+    """``"0.512 ± 0.031"``; ``"0.512"`` + ``note`` for a single value; ``"-"`` for none."""
+    import math
+
+    n = 0 if n is None or (isinstance(n, float) and math.isnan(n)) else int(n)
+    if n == 0 or mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    half = ci_halfwidth(float(std), n)
+    if math.isnan(half):
+        return f"{_fmt(float(mean), signed)}{note}"
+    return f"{_fmt(float(mean), signed)} ± {_fmt(half)}"
+
+
 def _plain_table(summary: pd.DataFrame) -> SummaryTable:
-    """The cells of ``bench results``' table, so the report shows the very same numbers."""
+    """The cells of ``bench results``' table, so the report shows the very same numbers,
+    with the mean and the delta given with their 95% confidence intervals."""
     if "role" in summary:  # the reference first: it is what every other row is read against
         order = (summary["role"].astype(str) != "reference").to_numpy().argsort(kind="stable")
         summary = summary.iloc[order].reset_index(drop=True)
-    table = format_table(summary)
+    extra = [c for c in ("delta_std", "delta_n") if c in summary]
+    table = format_table(summary.drop(columns=extra))
     columns = list(table.columns)
     headers = [str(c.header) for c in columns]
     cells = [[str(v) for v in c.cells] for c in columns]
+    right = [c.justify == "right" for c in columns]
+    # format_table's rows follow the summary's order: put the intervals in
+    i = headers.index("mean ± std")
+    headers[i: i + 1] = [MEAN_CI, SD]
+    cells[i: i + 1] = [[_with_ci(r.mean, r.std, r.n) for r in summary.itertuples()],
+                       [_fmt(r.std) for r in summary.itertuples()]]
+    right[i: i + 1] = [True, True]
+    if "Δ vs reference" in headers and extra:
+        j = headers.index("Δ vs reference")
+        headers[j] = DELTA
+        # (a single value is marked once, in the mean's column)
+        cells[j] = [_with_ci(r.delta_mean, r.delta_std, r.delta_n, signed=True, note="")
+                    for r in summary.itertuples()]
     rows = [list(r) for r in zip(*cells)] if cells else []
     caption = str(table.caption) if table.caption else None
-    return SummaryTable(headers, [c.justify == "right" for c in columns], rows, caption)
+    few = bool(((summary["n"] < 2) & (summary["n"] > 0)).any())
+    return SummaryTable(headers, right, rows, caption, few)
 
 
 def _failed_cells(df: pd.DataFrame) -> list[FailedCell]:
@@ -302,7 +371,8 @@ def _when(value: Any) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S") + " UTC"
 
 
-def _duration(run: RunFacts) -> str:
+def _seconds(run: RunFacts) -> float | str:
+    """The run's duration in seconds (its manifest's summary, else end - start); "" if unknown."""
     seconds = (run.get("summary") or {}).get("seconds")
     if seconds is None:
         try:
@@ -310,7 +380,14 @@ def _duration(run: RunFacts) -> str:
             end = _dt.datetime.fromisoformat(str(run.get("end_time")))
             seconds = (end - start).total_seconds()
         except (TypeError, ValueError):
-            return "-"
+            return ""
+    return float(seconds)
+
+
+def _duration(run: RunFacts) -> str:
+    seconds = _seconds(run)
+    if seconds == "":
+        return "-"
     seconds = float(seconds)
     if seconds < 120:
         return f"{seconds:.1f} s"
@@ -417,6 +494,17 @@ def _plot_problems(section: BenchmarkSection) -> tuple[list[PlotOutcome], list[s
     return failed, not_applicable
 
 
+# ----------------------------------------------------------------------------- text
+
+SUMMARY_TEXT = (
+    "Per variant and CFG scale (↑ higher is better, ↓ lower is better): the mean over seeds ± the half-width of "
+    "its 95% confidence interval (Student t over seeds: t(0.975, n − 1) · s.d. / √n), the s.d. over seeds and n, "
+    "the number of values; Δ vs reference is the mean paired difference to the reference model's value on the "
+    "same seed, ± its 95% interval. Per-step metrics are averaged over their timesteps."
+)
+FEW_VALUES_TEXT = ("Rows marked “n < 2, no CI” rest on a single value (one seed), so they have no confidence "
+                   "interval; sweep more seeds (matrix.seed) to get one.")
+
 # ----------------------------------------------------------------------------- markdown
 
 
@@ -462,14 +550,14 @@ def render_markdown(report: Report) -> str:
         out.append("")
 
         out += ["### Summary", ""]
-        out.append("Mean ± s.d. over seeds per variant and CFG scale (↑ higher is better, ↓ lower is better); "
-                   "Δ vs reference is the mean paired difference to the reference model's value. "
-                   "Per-step metrics are averaged over their timesteps.")
+        out.append(SUMMARY_TEXT)
         out.append("")
         if b.summary.rows:
             out += [_md_table(b.summary.headers, b.summary.rows, b.summary.right), ""]
             if b.summary.caption:
                 out += [f"Same on every row: {b.summary.caption}.", ""]
+            if b.summary.few_values:
+                out += [FEW_VALUES_TEXT, ""]
         else:
             out += ["No metric rows.", ""]
         if b.diagnostics:
@@ -537,6 +625,9 @@ figcaption { font-size: .8rem; color: #59636e; }
 p.desc { color: #59636e; margin: .2rem 0 .6rem; }
 .warn { background: #fff8c5; border: 1px solid #d4a72c; padding: .4rem .8rem; border-radius: 6px; }
 nav ul { margin: .3rem 0; }
+table.sortable th { cursor: pointer; user-select: none; }
+table.sortable th[aria-sort=ascending]::after { content: " \\25B2"; font-size: .7em; }
+table.sortable th[aria-sort=descending]::after { content: " \\25BC"; font-size: .7em; }
 """
 
 
@@ -545,18 +636,56 @@ def _h(text: Any) -> str:
 
 
 def _html_table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence[bool] | None = None,
-                err_col: int | None = None) -> str:
+                err_col: int | None = None, sort_keys: dict[int, Sequence[float | str]] | None = None) -> str:
+    """A sortable table; ``sort_keys[col][row]`` (``data-sort``) replaces a cell's text as its sort key."""
     right = right or [False] * len(headers)
     head = "".join(f'<th{" class=num" if r else ""}>{_h(h)}</th>' for h, r in zip(headers, right))
     body = []
-    for row in rows:
+    for k, row in enumerate(rows):
         tds = []
         for i, (c, r) in enumerate(zip(row, right)):
             cls = "num" if r else "err" if i == err_col else ""
-            tds.append(f'<td{f" class={cls}" if cls else ""}>{_h(c)}</td>')
+            key = f' data-sort="{_h(sort_keys[i][k])}"' if sort_keys and i in sort_keys else ""
+            tds.append(f'<td{f" class={cls}" if cls else ""}{key}>{_h(c)}</td>')
         body.append("<tr>" + "".join(tds) + "</tr>")
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(body) + \
-        "\n</tbody></table></div>"
+    return f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>\n' + \
+        "\n".join(body) + "\n</tbody></table></div>"
+
+
+#: Sorts a table by the clicked column (again: the other way). Numbers (a cell that starts
+#: with one: "0.51 ± 0.03", "+1.2e-03") compare as numbers when every filled cell of the
+#: column is one, else as text; empty and "-" cells go last. Inline: nothing is fetched.
+_SORT_SCRIPT = r"""
+(function () {
+  var NUM = /^[+\u2212-]?(\d+(\.\d*)?|\.\d+)(e[+-]?\d+)?(\s|$)/i;
+  function text(cell) { return cell ? (cell.getAttribute("data-sort") || cell.textContent).trim() : ""; }
+  function missing(t) { return t === "" || t === "-"; }
+  function number(t) { return parseFloat(t.replace("\u2212", "-")); }
+  function sortBy(table, col, th) {
+    var body = table.tBodies[0], heads = table.tHead.rows[0].cells;
+    var asc = th.getAttribute("aria-sort") !== "ascending";
+    var rows = Array.prototype.map.call(body.rows, function (r, i) { return {row: r, key: text(r.cells[col]), i: i}; });
+    var numeric = rows.every(function (r) { return missing(r.key) || NUM.test(r.key); });
+    rows.sort(function (a, b) {
+      if (missing(a.key) || missing(b.key)) { return missing(a.key) - missing(b.key) || a.i - b.i; }
+      var c = numeric ? number(a.key) - number(b.key) : a.key.localeCompare(b.key, undefined, {numeric: true});
+      return (asc ? c : -c) || a.i - b.i;
+    });
+    Array.prototype.forEach.call(heads, function (h) { h.removeAttribute("aria-sort"); });
+    th.setAttribute("aria-sort", asc ? "ascending" : "descending");
+    rows.forEach(function (r) { body.appendChild(r.row); });
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, col) {
+      th.tabIndex = 0;
+      th.addEventListener("click", function () { sortBy(table, col, th); });
+      th.addEventListener("keydown", function (e) {
+        if (e.key === "Enter" || e.key === " ") { e.preventDefault(); sortBy(table, col, th); }
+      });
+    });
+  });
+})();
+"""
 
 
 def _data_uri(path: Path) -> str | None:
@@ -591,7 +720,8 @@ def render_html(report: Report) -> str:
                    f"{b.live_error} failed), from {len(b.runs)} run{'s' if len(b.runs) != 1 else ''}.</p>")
         out.append("<h3>Runs</h3>")
         headers, rows = run_rows(b.runs)
-        out.append(_html_table(headers, rows, _RUN_RIGHT))
+        seconds = [_seconds(r) if r.get("end_time") else "" for r in b.runs]
+        out.append(_html_table(headers, rows, _RUN_RIGHT, sort_keys={headers.index("duration"): seconds}))
         dl = []
         for label, values in facts(b.runs):
             if len(values) == 1:
@@ -603,13 +733,13 @@ def render_html(report: Report) -> str:
             out.append('<dl class="facts">' + "".join(dl) + "</dl>")
 
         out.append("<h3>Summary</h3>")
-        out.append('<p class="desc">Mean ± s.d. over seeds per variant and CFG scale (↑ higher is better, '
-                   "↓ lower is better); Δ vs reference is the mean paired difference to the reference model's "
-                   "value. Per-step metrics are averaged over their timesteps.</p>")
+        out.append(f'<p class="desc">{_h(SUMMARY_TEXT)} Click a column header to sort.</p>')
         if b.summary.rows:
             out.append(_html_table(b.summary.headers, b.summary.rows, b.summary.right))
             if b.summary.caption:
                 out.append(f'<p class="desc">Same on every row: {_h(b.summary.caption)}.</p>')
+            if b.summary.few_values:
+                out.append(f'<p class="desc">{_h(FEW_VALUES_TEXT)}</p>')
         else:
             out.append("<p>No metric rows.</p>")
         if b.diagnostics:
@@ -647,6 +777,7 @@ def render_html(report: Report) -> str:
         if not_applicable:
             out.append('<p class="desc">Plots with nothing to draw for these results: '
                        f'{_h(", ".join(not_applicable))}.</p>')
+    out.append(f"<script>{_SORT_SCRIPT}</script>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 

@@ -125,12 +125,17 @@ def test_markdown_report_has_the_runs_facts_and_the_summary_table(md_report, res
     assert f"`{SYNTHETIC}`" in text  # matrix file
     assert "**device**: cpu" in text and "**git commit**" in text and "diffbench 0.1" in text
     assert "Live cells: 4 (2 ok, 2 failed), from 1 run." in text
-    # the summary table of `bench results`, with deltas vs the reference
-    header = next(line for line in text.splitlines() if "mean ± std" in line)
-    assert header.startswith("| ") and "metric" in header and "Δ vs reference" in header
+    # the summary table of `bench results`, with confidence intervals and deltas vs the reference
+    header = next(line for line in text.splitlines() if "mean ± 95% CI" in line)
+    assert header.startswith("| ") and "metric" in header
+    assert [h.strip() for h in header.split("|")[-6:-1]] == ["mean ± 95% CI", "s.d.", "n", "errors",
+                                                              "Δ vs reference ± 95% CI"]
     rows = [line for line in text.splitlines() if line.startswith("| ") and "synthetic_quality ↑" in line]
     assert len(rows) == 2  # reference and magnitude@0.5 (seed 0 only: seed 1 failed)
     assert rows[0].split("|")[1].strip() == "reference"  # the reference comes first
+    # one seed each: no interval, and the table says why
+    assert all(re.search(r"\| [0-9.]+ \(n < 2, no CI\) \| - \| 1 \| 1 \| [+-][0-9.]+ \|$", r) for r in rows), rows
+    assert report.FEW_VALUES_TEXT in text
 
 
 def test_markdown_report_links_figures_that_exist(md_report):
@@ -171,22 +176,110 @@ def test_html_report_is_one_file_with_images_as_data_uris(html_report):
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == PNG
-    # the tables are HTML tables, the error messages are in them, escaped
-    assert "<table>" in text and "<th class=num>mean ± std</th>" in text
+    # the tables are HTML tables, sortable by an inline script (nothing fetched), the error
+    # messages are in them, escaped
+    assert text.count('<table class="sortable">') == 3  # runs, summary, failed cells
+    assert "<th class=num>mean ± 95% CI</th>" in text and "<th class=num>Δ vs reference ± 95% CI</th>" in text
+    scripts = re.findall(r"<script>(.*?)</script>", text, re.S)
+    assert len(scripts) == 1 and 'querySelectorAll("table.sortable")' in scripts[0]
+    assert not re.search(r"<script[^>]* src=|https?://", "".join(scripts) + "".join(re.findall(r"<link[^>]*>", text)))
     assert "ValueError: flaky fails on seed 1" in text
     assert "synthetic[method=magnitude,rate=0.5,cfg=1,seed=1]" in text
 
 
+#: appended to a copy of the report: once loaded, make every image load (the report's are
+#: lazy), wait for them, sort the summary by metric both ways, and report it all in the title
+_PROBE = """
+<script>
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  images.forEach(function (img) { img.loading = "eager"; });
+  var summary = Array.prototype.filter.call(document.querySelectorAll("table.sortable"), function (t) {
+    return t.tHead.textContent.indexOf("mean ± 95% CI") >= 0;
+  })[0];
+  var heads = Array.prototype.map.call(summary.tHead.rows[0].cells, function (th) { return th.textContent; });
+  var col = heads.indexOf("metric");
+  function column() {
+    return Array.prototype.map.call(summary.tBodies[0].rows, function (r) { return r.cells[col].textContent; });
+  }
+  var before = column();
+  summary.tHead.rows[0].cells[col].click();
+  var ascending = column();
+  summary.tHead.rows[0].cells[col].click();
+  var descending = column();
+  (function finish() {  // timers, not img.decode(): headless virtual time runs timers
+    if (images.some(function (img) { return !img.complete; })) { return setTimeout(finish, 20); }
+    document.title = JSON.stringify({
+      images: images.length,
+      decoded: images.filter(function (img) { return img.naturalWidth > 0 && img.naturalHeight > 0; }).length,
+      tables: document.querySelectorAll("table").length, rows: document.querySelectorAll("tbody tr").length,
+      before: before, ascending: ascending, descending: descending,
+      sort: summary.tHead.rows[0].cells[col].getAttribute("aria-sort")
+    });
+  })();
+});
+</script>
+"""
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
 def test_html_report_renders_in_headless_chromium(html_report, tmp_path):
-    shot = tmp_path / "shot.png"
-    subprocess.run(
+    """Chromium loads the report offline: every table, every image decoded, headers sort."""
+    page = tmp_path / "report.html"
+    page.write_text(html_report.read_text().replace("</body>", _PROBE + "</body>"))
+    proc = subprocess.run(
         [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--no-first-run", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-         f"--screenshot={shot}", "--window-size=1200,2000", html_report.resolve().as_uri()],
-        capture_output=True, timeout=120, check=False,
+         "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=180, check=False,
     )
-    assert shot.read_bytes()[:8] == PNG
+    found = re.search(r"<title>(.*?)</title>", proc.stdout, re.S)
+    assert found, proc.stderr[-2000:]
+    import html
+    import json
+
+    title = html.unescape(found.group(1))
+    assert title.startswith("{"), f"the probe did not finish: {title!r}\n{proc.stderr[-2000:]}"
+    seen = json.loads(title)
+    source = html_report.read_text()
+    assert seen["images"] == source.count("<img ") > 0
+    assert seen["decoded"] == seen["images"]  # every embedded PNG decodes to a real image
+    assert seen["tables"] == source.count("<table") == 3
+    assert seen["rows"] == source.count("<tr>") - 3  # every body row is rendered
+    assert seen["ascending"] == sorted(seen["before"]) and seen["descending"] == sorted(seen["before"], reverse=True)
+    assert seen["sort"] == "descending"
+
+
+def test_confidence_intervals_over_seeds(tmp_path, monkeypatch):
+    """The report's intervals are t-intervals over seeds, of the means and of the paired deltas."""
+    import numpy as np
+    from scipy import stats
+
+    from harness import load_results
+
+    overrides = [*SMALL[:3], "matrix.seed=[0, 1, 2]", 'metrics.names=["synthetic_quality"]']
+    runner.run(SYNTHETIC, overrides, results_dir=str(tmp_path / "r"), stream=io.StringIO(), interactive=False)
+    monkeypatch.setattr(report, "_draw_plots", lambda df, registry, fig_dir: [])  # the table only: fast
+    (section,) = report.collect(tmp_path / "r", tmp_path / "out").benchmarks
+    table = {row[section.summary.headers.index("pruning_method")]: dict(zip(section.summary.headers, row))
+             for row in section.summary.rows}
+    assert not section.summary.few_values
+
+    df = load_results(tmp_path / "r", with_reference=True)
+    t = stats.t.ppf(0.975, 2)
+    for method, rows in df.groupby("pruning_method", observed=True):
+        values, deltas = rows.sort_values("seed")["value"].to_numpy(), rows.sort_values("seed")["delta"].to_numpy()
+        row = table[str(method)]
+        assert row["n"] == "3"
+        half = t * values.std(ddof=1) / np.sqrt(3)
+        assert row["mean ± 95% CI"] == f"{values.mean():.4g} ± {half:.4g}"
+        assert row["s.d."] == f"{values.std(ddof=1):.4g}"
+        if method == "magnitude":
+            d_half = t * deltas.std(ddof=1) / np.sqrt(3)
+            assert row["Δ vs reference ± 95% CI"] == f"{deltas.mean():+.4g} ± {d_half:.4g}"
+            assert d_half != half  # paired: the interval of the differences, not of the values
+    assert report.ci_halfwidth(1.0, 1) != report.ci_halfwidth(1.0, 1)  # NaN: no interval from one value
+    assert report.ci_halfwidth(2.0, 4) == pytest.approx(stats.t.ppf(0.975, 3) * 2.0 / 2.0)
 
 
 # ----------------------------------------------------------------------------- plots, paths, errors

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -126,7 +127,15 @@ class CLIPModel:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # QuickGELU notices: handled through force_quick_gelu
             if local is not None:
-                model = open_clip.create_model(opts.model_name, pretrained=str(local), **kwargs)
+                try:  # open_clip reads the file with torch.load(weights_only=True) or safetensors
+                    model = open_clip.create_model(opts.model_name, pretrained=str(local), **kwargs)
+                except (pickle.UnpicklingError, RuntimeError, KeyError, ValueError, EOFError) as exc:
+                    # one line (torch's own message spans several and suggests weights_only=False)
+                    raise MissingFileError(
+                        f"clip_score: cannot load {local} as an open_clip checkpoint of {opts.model_name} "
+                        f"({type(exc).__name__}; only tensors are read, pickled objects are refused); "
+                        + _how_to_fix(opts.model_name, opts.pretrained)
+                    ) from None
             else:
                 try:
                     model = open_clip.create_model(opts.model_name, pretrained=opts.pretrained, **kwargs)
