@@ -191,8 +191,14 @@ def _check_train_fields(cfg: Any) -> None:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
     if cfg.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
-    if not cfg.lr > 0:
-        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise ValueError(f"lr must be a finite number > 0, got {cfg.lr}")
+    if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {cfg.weight_decay}")
+    if not (cfg.grad_clip >= 0 and math.isfinite(cfg.grad_clip)):
+        raise ValueError(f"grad_clip must be a finite number >= 0 (0 = off), got {cfg.grad_clip}")
+    if cfg.warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
     if not 0.0 <= cfg.cond_dropout < 1.0:
         raise ValueError(f"cond_dropout must be in [0, 1), got {cfg.cond_dropout}")
     if not 0.0 <= cfg.ema_decay < 1.0:

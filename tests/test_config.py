@@ -488,3 +488,18 @@ def test_load_matrix_raises_one_config_error_with_every_line(write):
     with pytest.raises(ConfigError) as info:
         load_matrix(path)
     assert len(str(info.value).splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.train.lr=inf", "model.train: lr must be a finite number > 0, got inf"),
+        ("model.train.weight_decay=-1", "model.train: weight_decay must be a finite number >= 0, got -1"),
+        ("model.train.grad_clip=nan", "model.train: grad_clip must be a finite number >= 0 (0 = off), got nan"),
+        ("model.train.warmup_steps=-5", "model.train: warmup_steps must be >= 0, got -5"),
+        ("model.distill.lr=0", "model.distill: lr must be a finite number > 0, got 0"),
+    ],
+)
+def test_bad_training_options_are_one_line_errors(override, message, bench_errors):
+    quickstart = Path(__file__).resolve().parents[1] / "benchmarks" / "quickstart.toml"
+    assert bench_errors(quickstart, "--set", override) == [f"{quickstart}: {message}"]
