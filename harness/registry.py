@@ -17,7 +17,7 @@ import pluggy
 
 from harness import hookspecs
 from harness.base import KIND_BASES, PLUGIN_KINDS, Plugin
-from harness.errors import PluginError, did_you_mean, valid_choices
+from harness.errors import PluginError, UserError, did_you_mean, valid_choices
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,14 @@ def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
                          _p: str = plugin_name) -> None:
                 registry.add(_k, cls, getattr(cls, "__module__", _m), _d, _v, _p)
 
-            impl.function(register)
+            try:
+                impl.function(register)
+            except UserError:  # a name clash: an error the user must resolve
+                raise
+            except Exception as exc:  # a broken third-party hook must not break every command
+                msg = f"plugin '{plugin_name}' ({module}, {dist_name}): {hook_name} failed: {type(exc).__name__}: {exc}"
+                log.warning(msg)
+                registry.load_errors.append(msg)
     return registry
 
 

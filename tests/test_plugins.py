@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import hookspecs
+from harness import hookimpl, hookspecs
 from harness.cli import main
 from harness.errors import PluginError
 from harness.registry import BLOCK_ENV, build_registry, get_plugin_manager
@@ -326,3 +326,24 @@ def _env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop(BLOCK_ENV, None)
     return env
+
+
+class _RaisingHook:
+    """A third-party plugin whose register hook raises."""
+
+    __name__ = "raising_plugin"
+
+    @hookimpl
+    def bench_register_metrics(self, register):
+        raise RuntimeError("broken on purpose")
+
+
+def test_a_register_hook_that_raises_is_a_load_error_not_a_crash(caplog):
+    from harness.registry import build_registry, get_plugin_manager
+
+    with caplog.at_level("WARNING"):
+        registry = build_registry(get_plugin_manager(extra=[_RaisingHook()]))
+    assert "fid_digits" in registry.names("metrics")  # the other plugins still register
+    (error,) = [e for e in registry.load_errors if "raising_plugin" in e]
+    assert error.endswith("bench_register_metrics failed: RuntimeError: broken on purpose")
+    assert "broken on purpose" in caplog.text
