@@ -70,6 +70,20 @@ def test_frechet_distance_of_known_gaussians() -> None:
     assert frechet_distance(mu1, np.diag(a), mu1, np.diag(a)) == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.parametrize("n", [8, 200])  # singular (n < D) and full-rank covariances
+def test_frechet_distance_agrees_with_cleanfids_sqrtm(n: int) -> None:
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((n, 64)) @ rng.standard_normal((64, 64)) * 0.3
+    b = rng.standard_normal((n, 64)) + 0.2
+    stats = (*feature_stats(a), *feature_stats(b))
+    ours = frechet_distance(*stats)
+    theirs = frechet_distance(*stats, method="cleanfid")
+    assert ours == pytest.approx(theirs, rel=1e-6)
+    assert frechet_distance(*stats[:2], *stats[:2]) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="valid: eigh, cleanfid"):
+        frechet_distance(*stats, method="scipy")
+
+
 def test_feature_stats_is_mean_and_unbiased_covariance() -> None:
     x = np.random.default_rng(0).normal(size=(50, 4))
     mu, sigma = feature_stats(x)
