@@ -591,6 +591,8 @@ def cell_row(cfg: BenchConfig, cell: Cell, r: dict[str, Any] | None, info: dict[
         "seed": int(cell.axes["seed"]),
         "dataset": cfg.dataset.name,
         "num_samples": info.get("num_samples", cell.sampling["num_samples"]),
+        "reference": None if r is None else r.get("reference"),
+        "num_reference": None if r is None else r.get("num_reference"),
         "num_params": info.get("num_params"),
         "nonzero_params": info.get("nonzero_params"),
         "macs": info.get("macs", float("nan")),
@@ -620,7 +622,8 @@ def error_result(cfg: BenchConfig, cell: Cell, message: str, duration: float) ->
 def normalise_metric_result(name: str, result: Any) -> list[dict[str, Any]]:
     """float | {name: float} | [row dicts] -> row dicts with finite float values.
 
-    A row dict may carry ``blob``: bytes (the ``.npy`` of a small array, see
+    A row dict may carry ``reference`` (str: the reference statistics it was measured
+    against) and ``num_reference`` (int: how many real images they hold), and ``blob``: bytes (the ``.npy`` of a small array, see
     ``harness.schema.encode_blob``), kept as ``bytes``; other extra keys are dropped.
     """
     if isinstance(result, dict):
@@ -641,6 +644,10 @@ def normalise_metric_result(name: str, result: Any) -> list[dict[str, Any]]:
             clean["timestep"] = float(r["timestep"])
         if "higher_is_better" in r:
             clean["higher_is_better"] = bool(r["higher_is_better"])
+        if r.get("reference") is not None:  # which reference statistics (FID-like metrics)
+            clean["reference"] = str(r["reference"])
+        if r.get("num_reference") is not None:
+            clean["num_reference"] = int(r["num_reference"])
         if r.get("blob") is not None:
             if not isinstance(r["blob"], (bytes, bytearray, memoryview)) or not len(r["blob"]):
                 raise CellError(f"metric '{name}' returned a blob of type {type(r['blob']).__name__} for "

@@ -43,6 +43,8 @@ COLUMNS: dict[str, pa.DataType] = {
     "seed": pa.int64(),
     "dataset": pa.string(),
     "num_samples": pa.int64(),
+    "reference": pa.string(),  # FID-like metrics: the reference statistics used (else null)
+    "num_reference": pa.int64(),  # ... and how many real images they hold
     "num_params": pa.int64(),
     "nonzero_params": pa.int64(),
     "macs": pa.float64(),  # multiply-accumulates of one denoiser call on one sample

@@ -207,8 +207,13 @@ class FID(Metric):
     def _opts(self) -> FIDOptions:
         return self.options or FIDOptions()
 
-    def reference_stats(self, ctx: MetricContext, extractor: InceptionFeatures) -> tuple[Any, Any]:
-        """(mu, sigma) of the real reference images: memoised, cached as an artifact when possible."""
+    def reference_stats(self, ctx: MetricContext, extractor: InceptionFeatures) -> tuple[Any, Any, str, int]:
+        """``(mu, sigma, reference, num_images)`` of the real reference images.
+
+        Computed once per (dataset content incl. split and image size, extractor file) and
+        cached as a ``reference_stats`` artifact; ``reference`` names it
+        (``"<dataset>:reference@<size>px/inception-<sha8>:<artifact key>"``).
+        """
         import torch
 
         from plugins.metrics._frechet import feature_stats
@@ -222,8 +227,11 @@ class FID(Metric):
                 raise ValueError("fid needs ctx.real_images or ctx.dataset (the real reference images)")
             return ((ctx.dataset.load("reference").images.float() + 1) / 2).clamp(0, 1)
 
+        extractor_name = f"inception-{extractor.sha256[:8]}"
         if ctx.dataset is None:  # nothing identifies the real images: no caching
-            return feature_stats(extractor(real_images01(), opts.batch_size))
+            real = real_images01()
+            mu, sigma = feature_stats(extractor(real, opts.batch_size))
+            return mu, sigma, f"in-memory@{real.shape[-1]}px/{extractor_name}", len(real)
         config = {
             "features": "cleanfid-inception-2015-12-05-clean",
             "weights_sha256": extractor.sha256,
@@ -232,6 +240,7 @@ class FID(Metric):
         }
         from harness.cache import stable_hash
 
+        label = f"{ctx.dataset.name}:reference@{getattr(ctx.dataset, 'image_size', '?')}px/{extractor_name}"
         root = ctx.cache.root.resolve() if ctx.cache is not None else "mem"
         memo_key = f"{root}:{stable_hash(config, 20)}"
         with _LOCK:
@@ -245,18 +254,23 @@ class FID(Metric):
             return {"mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}, {"num_images": len(real)}
 
         if ctx.cache is not None:
-            tensors = ctx.cache.get_or_create("reference_stats", config, build).tensors
+            art = ctx.cache.get_or_create("reference_stats", config, build)
+            tensors, meta, key = art.tensors, art.meta, art.key
         else:
-            tensors, _meta = build()
-        stats = (tensors["mu"].double().numpy(), tensors["sigma"].double().numpy())
+            tensors, meta = build()
+            key = stable_hash(config, 16)
+        stats = (tensors["mu"].double().numpy(), tensors["sigma"].double().numpy(), f"{label}:{key[:12]}",
+                 int(meta.get("num_images", 0)))
         with _LOCK:
             return _STATS.setdefault(memo_key, stats)
 
-    def compute(self, ctx: MetricContext) -> float:
+    def compute(self, ctx: MetricContext) -> list[dict[str, Any]]:
+        """One row; ``reference`` / ``num_reference`` say which statistics it was measured against."""
         from plugins.metrics._frechet import feature_stats, frechet_distance
 
         opts = self._opts()
         extractor = get_inception(opts.weights, ctx.device)
-        mu_r, sigma_r = self.reference_stats(ctx, extractor)
+        mu_r, sigma_r, reference, num_reference = self.reference_stats(ctx, extractor)
         mu_s, sigma_s = feature_stats(extractor(ctx.samples, opts.batch_size))
-        return frechet_distance(mu_s, sigma_s, mu_r, sigma_r)
+        value = frechet_distance(mu_s, sigma_s, mu_r, sigma_r)
+        return [{"metric": self.name, "value": value, "reference": reference, "num_reference": num_reference}]
