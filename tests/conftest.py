@@ -25,3 +25,38 @@ def _threads() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+# ------------------------------------------------ random weights of the real metric networks
+
+
+@pytest.fixture(scope="session")
+def inception_dir(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A folder with a random-weight clean-fid ``inception-2015-12-05.pt`` (TorchScript)."""
+    from _weights import save_inception
+
+    return save_inception(tmp_path_factory.mktemp("inception"))
+
+
+@pytest.fixture(scope="session")
+def alexnet_file(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A random-weight torchvision AlexNet state dict (LPIPS's backbone file)."""
+    from _weights import save_alexnet
+
+    return save_alexnet(tmp_path_factory.mktemp("tv") / "alexnet-owt-7be5be79.pth")
+
+
+@pytest.fixture(scope="session")
+def small_clip_file(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A random-weight open_clip ViT-S-32 state dict."""
+    from _weights import save_random_clip
+
+    return save_random_clip("ViT-S-32", tmp_path_factory.mktemp("clip") / "vit-s-32.bin")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A tiny random Stable Diffusion pipeline folder (harness.testing.tiny_sd_pipeline)."""
+    from harness.testing import tiny_sd_pipeline
+
+    return tiny_sd_pipeline(tmp_path_factory.mktemp("tiny-sd"))

@@ -66,7 +66,10 @@ def _dataset_fixture(name: str, **options: Any) -> property:
 def _fixture_root(name: str) -> Path:
     from test_real_datasets import make_coco, make_flickr8k, make_image_folder
 
-    write = {"coco": make_coco, "flickr8k": make_flickr8k, "image_folder": make_image_folder}[name]
+    from harness.testing import tiny_sd_pipeline
+
+    write = {"coco": make_coco, "flickr8k": make_flickr8k, "image_folder": make_image_folder,
+             "tiny_sd": tiny_sd_pipeline}[name]
     root = Path(tempfile.mkdtemp(prefix=f"diffbench-{name}-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     return write(root / name)
@@ -80,6 +83,8 @@ OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     ("datasets", "coco"): {"dataset_options": _dataset_fixture("coco", max_items=4)},
     ("datasets", "flickr8k"): {"dataset_options": _dataset_fixture("flickr8k")},
     ("datasets", "image_folder"): {"dataset_options": _dataset_fixture("image_folder")},
+    # a tiny random Stable Diffusion pipeline of the real classes, saved once per session
+    ("models", "diffusers"): {"family_options": property(lambda self: {"pretrained": str(_fixture_root("tiny_sd"))})},
     # the defaults fine-tune 3 x 100 steps: the contract checks behaviour, not convergence
     ("pruners", "iterative"): {"pruner_options": {"rounds": 2, "finetune_steps": 2}},
     # the stand-in has no attention and its only channels feed a protected embedding

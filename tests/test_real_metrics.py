@@ -36,6 +36,7 @@ from plugins.metrics import lpips_metric as lpips_mod
 from plugins.metrics.clip_score import CLIPScore
 from plugins.metrics.fid import FID, InceptionFeatures
 from plugins.metrics.lpips_metric import LPIPS
+from _weights import random_fid_inception, save_random_clip
 
 
 @pytest.fixture(autouse=True)
@@ -71,53 +72,7 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
 # ---------------------------------------------------------------------------- fid
 
 
-def _random_fid_inception() -> nn.Module:
-    from cleanfid import inception_pytorch as ip
 
-    inc = ip._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    inc.Mixed_5b = ip.FIDInceptionA(192, pool_features=32)
-    inc.Mixed_5c = ip.FIDInceptionA(256, pool_features=64)
-    inc.Mixed_5d = ip.FIDInceptionA(288, pool_features=64)
-    inc.Mixed_6b = ip.FIDInceptionC(768, channels_7x7=128)
-    inc.Mixed_6c = ip.FIDInceptionC(768, channels_7x7=160)
-    inc.Mixed_6d = ip.FIDInceptionC(768, channels_7x7=160)
-    inc.Mixed_6e = ip.FIDInceptionC(768, channels_7x7=192)
-    inc.Mixed_7b = ip.FIDInceptionE_1(1280)
-    inc.Mixed_7c = ip.FIDInceptionE_2(2048)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # He init keeps activations O(1) through the 90-odd layers
-        for m in inc.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-                m.weight.normal_(0, math.sqrt(2 / fan_in), generator=g)
-    return inc
-
-
-class _TorchscriptInception(nn.Module):
-    """The interface of NVIDIA's file: ``layers`` (pool features) and ``forward(x, return_features)``."""
-
-    def __init__(self, inc: nn.Module) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            inc.Conv2d_1a_3x3, inc.Conv2d_2a_3x3, inc.Conv2d_2b_3x3, nn.MaxPool2d(3, 2),
-            inc.Conv2d_3b_1x1, inc.Conv2d_4a_3x3, nn.MaxPool2d(3, 2),
-            inc.Mixed_5b, inc.Mixed_5c, inc.Mixed_5d, inc.Mixed_6a, inc.Mixed_6b, inc.Mixed_6c,
-            inc.Mixed_6d, inc.Mixed_6e, inc.Mixed_7a, inc.Mixed_7b, inc.Mixed_7c,
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )  # fmt: skip
-
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        x = nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        return self.layers((x - 128) / 128)
-
-
-@pytest.fixture(scope="session")
-def inception_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("inception")
-    with pytest.warns(FutureWarning):  # torch.jit.script is deprecated, but it is clean-fid's format
-        scripted = torch.jit.script(_TorchscriptInception(_random_fid_inception()).eval())
-    scripted.save(str(folder / fid_mod.INCEPTION_FILE))
-    return folder
 
 
 def test_fid_features_match_cleanfid_pipeline(inception_dir: Path, tmp_path: Path) -> None:
@@ -195,13 +150,7 @@ def test_fid_rejects_a_file_that_is_not_torchscript(tmp_path: Path) -> None:
 # -------------------------------------------------------------------------- lpips
 
 
-@pytest.fixture(scope="session")
-def alexnet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torchvision
 
-    path = tmp_path_factory.mktemp("tv") / "alexnet-owt-7be5be79.pth"
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
-    return path
 
 
 def test_lpips_zero_for_identical_and_grows_with_noise(alexnet_file: Path) -> None:
@@ -261,19 +210,10 @@ def test_lpips_rejects_a_checkpoint_of_another_network(tmp_path: Path) -> None:
 # --------------------------------------------------------------------- clip_score
 
 
-def _save_random_clip(model_name: str, path: Path) -> Path:
-    import open_clip
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = open_clip.create_model(model_name)
-    torch.save(model.state_dict(), path)
-    return path
 
 
-@pytest.fixture(scope="session")
-def small_clip_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _save_random_clip("ViT-S-32", tmp_path_factory.mktemp("clip") / "vit-s-32.bin")
+
+
 
 
 PROMPTS = ["a handwritten digit 3", "a handwritten digit 7"]
@@ -299,7 +239,7 @@ def test_clip_score_weights_from_env_var(small_clip_file: Path, monkeypatch: pyt
 
 @pytest.mark.slow  # ViT-B-32: 151 M parameters to initialise, save and run
 def test_clip_score_vit_b_32_openai_layout(tmp_path: Path) -> None:
-    path = _save_random_clip("ViT-B-32", tmp_path / "open_clip_pytorch_model.bin")
+    path = save_random_clip("ViT-B-32", tmp_path / "open_clip_pytorch_model.bin")
     ctx = ctx_of(digits_like(2), conditions=Conditions(prompts=PROMPTS))
     value = CLIPScore(weights=str(path)).compute(ctx)  # default model_name / pretrained tag
     assert 0.0 <= value <= 100.0

@@ -10,8 +10,9 @@ from harness import hookimpl
 @hookimpl
 def bench_register_models(register: Callable[[type], None]) -> None:
     """Register the built-in model families (imported here: nothing heavy at import time)."""
+    from plugins.models.diffusers_model import DiffusersFamily
     from plugins.models.synthetic import SyntheticFamily
     from plugins.models.unet import UNetFamily
 
-    for cls in (UNetFamily, SyntheticFamily):
+    for cls in (UNetFamily, SyntheticFamily, DiffusersFamily):
         register(cls)

@@ -89,6 +89,11 @@ class StructuredPruner(Pruner):
     the harness measures ``num_params`` and MACs: nothing is assumed. Parameters and
     compute go roughly as (1 - rate)^2 (both sides of a conv shrink).
 
+    A network may define ``structured_ignored_layers()`` (more layers whose output
+    channels stay, e.g. the q/k/v projections of diffusers attention, whose width the
+    heads split) and ``sync_shapes()`` (called after channels are removed, to update
+    width attributes its modules keep besides their layers').
+
     Protected modules (``protect``, see ``_common``) keep their output channels: the
     time and class embeddings keep their width, the output conv its image channels; the
     input image channels are never removed. ``importance``: ``l2`` / ``l1`` group weight
@@ -117,6 +122,9 @@ class StructuredPruner(Pruner):
         net: nn.Module = model.net
         inputs = _common.example_inputs(model, ctx)
         ignored = [m for m in _common.protected_modules(net, o.protect, warn=True).values()]
+        extra = getattr(net, "structured_ignored_layers", None)  # e.g. attention q/k/v widths
+        if callable(extra):
+            ignored += list(extra())
         params_before = sum(p.numel() for p in net.parameters())
         was_training = net.training
         net.eval()
@@ -163,11 +171,22 @@ class StructuredPruner(Pruner):
         from torch import nn
 
         net = model.net
-        with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(net, example_inputs=inputs)
-            groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Conv1d, nn.Linear]))
-            importance = self._importance(model, ctx)
-            plans = [p for g in groups if (p := _plan_group(g, importance, strict)) is not None]
+        # torch-pruning traces the autograd graph: frozen weights (e.g. a pretrained
+        # pipeline's) must require grad while it is built
+        frozen = [p for p in net.parameters() if not p.requires_grad]
+        try:
+            for p in frozen:
+                p.requires_grad_(True)
+            with torch.enable_grad():
+                graph = tp.DependencyGraph().build_dependency(net, example_inputs=inputs)
+                groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Conv1d, nn.Linear]))
+                importance = self._importance(model, ctx)
+                plans = [p for g in groups if (p := _plan_group(g, importance, strict)) is not None]
+        finally:
+            frozen_ids = {id(p) for p in frozen}
+            for p in net.parameters():
+                if id(p) in frozen_ids:
+                    p.requires_grad_(False)
         components = _share_chunks(plans)
         if self.options.global_pruning:
             _assign_global(components, rate)
@@ -186,6 +205,9 @@ class StructuredPruner(Pruner):
                 continue
             group.prune()
             removed += len(idxs)
+        sync = getattr(net, "sync_shapes", None)  # width attributes a net keeps besides its layers'
+        if callable(sync):
+            sync()
         net.zero_grad(set_to_none=True)
         return removed / total if total else 0.0
 
