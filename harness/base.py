@@ -9,6 +9,7 @@ them into ``self.options``. Nothing here imports torch at module import time, so
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -347,6 +348,21 @@ class DiffusionModel:
     def to(self, device: Any) -> DiffusionModel:
         self.net.to(device)
         return self
+
+    @contextlib.contextmanager
+    def compiled(self, mode: str) -> Iterator[None]:
+        """Sample with ``torch.compile(self.net, mode=...)`` inside the block (``[sampling]
+        compile``); the eager module is back afterwards. ``mode = "default"`` is
+        torch.compile's default mode. Families whose sampler calls another module
+        (e.g. a pipeline's denoiser) override this."""
+        import torch
+
+        eager = self.net
+        self.net = torch.compile(eager, mode=None if mode == "default" else mode)
+        try:
+            yield
+        finally:
+            self.net = eager
 
     @property
     def device(self) -> torch.device:

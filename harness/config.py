@@ -79,6 +79,10 @@ class SamplingSection(_Strict):
     batch_size: int = Field(256, ge=1)
     trajectory_samples: int = Field(128, ge=1, description="samples whose trajectories are stored")
     warmup: bool = True
+    dtype: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="autocast dtype of the denoiser when sampling")
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = Field(
+        "none", description="torch.compile mode of the denoiser when sampling"
+    )
 
 
 class MetricsSection(BaseModel):

@@ -16,6 +16,7 @@ device is resolved once and passed explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -131,14 +132,70 @@ def _shapes(net: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def measure_macs(model: DiffusionModel) -> float:
-    """Multiply-accumulates of one denoiser call on one sample (torch's FLOP counter / 2)."""
+    """Multiply-accumulates of one denoiser call on one sample (torch's FLOP counter / 2).
+
+    NaN for models that cannot call their denoiser outside their own sampler
+    (``example_inputs`` raises ``NotImplementedError``, e.g. SDXL pipelines).
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    inputs = model.example_inputs(1)
+    try:
+        inputs = model.example_inputs(1)
+    except NotImplementedError as exc:
+        log.info("MACs not measured: %s", exc)
+        return float("nan")
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
         model.net(*inputs)
     return counter.get_total_flops() / 2.0
+
+
+SAMPLING_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device out-of-memory error (CUDA's ``OutOfMemoryError`` or an allocator message)."""
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def sample_with_backoff(model: DiffusionModel, noise: torch.Tensor, conditions: Conditions, batch_size: int,
+                        **kwargs: Any) -> tuple[Any, int]:
+    """``model.sample`` with ``batch_size``, halved after each out-of-memory error (down to 1).
+
+    Samples do not depend on the batch size (the contract of ``sample``), so a retry draws
+    the same images. Returns ``(output, batch size that worked)``.
+    """
+    bs = max(1, int(batch_size))
+    while True:
+        try:
+            return model.sample(noise, conditions, batch_size=bs, **kwargs), bs
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
+            if not is_out_of_memory(exc) or bs == 1:
+                raise
+            if noise.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning("sampling ran out of memory at batch size %d; retrying with %d", bs, bs // 2)
+            bs //= 2
+
+
+@contextlib.contextmanager
+def sampling_mode(model: DiffusionModel, device: torch.device, dtype: str, compile_mode: str) -> Iterator[None]:
+    """Autocast the denoiser to ``dtype`` (fp16/bf16) and/or ``torch.compile`` it, for sampling only.
+
+    The variant's weights stay as they are (fp32 for the built-in models); autocast runs
+    the network's matmuls and convolutions in the lower precision. ``compile_mode`` is
+    ``torch.compile``'s mode (``none`` = eager); the model's ``compiled(mode)`` context
+    swaps in the compiled module (``DiffusionModel.compiled``).
+    """
+    with contextlib.ExitStack() as stack:
+        if dtype != "fp32":
+            stack.enter_context(torch.autocast(device_type=device.type, dtype=getattr(torch, SAMPLING_DTYPES[dtype])))
+        if compile_mode != "none":
+            stack.enter_context(model.compiled(compile_mode))
+        yield
 
 
 class Engine:
@@ -349,6 +406,7 @@ class Engine:
             "num_samples": cell.sampling["num_samples"],
             "trajectory_samples": cell.sampling["trajectory_samples"] if trajectory else 0,
             "dataset": self.dataset(cell.variant).config_key(),
+            **({"dtype": cell.sampling["dtype"]} if cell.sampling.get("dtype", "fp32") != "fp32" else {}),
             # generation_time and peak_memory_mb are measured with the samples: a new batch
             # size, CFG batching, warm-up or device draws (and times) them again
             "timing": {
@@ -356,6 +414,7 @@ class Engine:
                 "cfg_batching": resolve_cfg_batching(cell.sampling.get("cfg_batching", "auto"), self.device),
                 "warmup": bool(cell.sampling.get("warmup", True)),
                 "device": self.device.type,
+                **({"compile": cell.sampling["compile"]} if cell.sampling.get("compile", "none") != "none" else {}),
             },
         }
 
@@ -406,27 +465,29 @@ class Engine:
             sampler=cell.axes["sampler"],
             steps=cell.axes["steps"],
             cfg_batching=cell.sampling.get("cfg_batching", self.cfg.sampling.cfg_batching),
-            batch_size=cell.sampling.get("batch_size", self.cfg.sampling.batch_size),
         )
+        batch_size = int(cell.sampling.get("batch_size", self.cfg.sampling.batch_size))
         cuda = self.device.type == "cuda"
-        if cell.sampling.get("warmup", True):
-            m = min(n, 4)
-            model.sample(noise[:m].to(self.device), conditions.slice(0, m), record_trajectory=False,
-                         generator=generator(0, "warmup"), **kwargs)
-        if cuda:
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        t0 = time.perf_counter()
-        out = model.sample(
-            noise.to(self.device),
-            conditions,
-            record_trajectory=trajectory,
-            generator=generator(self.cfg.benchmark.seed, cell.axes["seed"], "sampler"),
-            **kwargs,
-        )
-        if cuda:
-            torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - t0
+        with sampling_mode(model, self.device, cell.sampling.get("dtype", "fp32"), cell.sampling.get("compile", "none")):
+            if cell.sampling.get("warmup", True):
+                m = min(n, 4)
+                _, batch_size = sample_with_backoff(
+                    model, noise[:m].to(self.device), conditions.slice(0, m), batch_size,
+                    record_trajectory=False, generator=generator(0, "warmup"), **kwargs)
+            while True:  # an out-of-memory retry re-times the whole set
+                if cuda:
+                    torch.cuda.synchronize(self.device)
+                    torch.cuda.reset_peak_memory_stats(self.device)
+                t0 = time.perf_counter()
+                out, used = sample_with_backoff(
+                    model, noise.to(self.device), conditions, batch_size, record_trajectory=trajectory,
+                    generator=generator(self.cfg.benchmark.seed, cell.axes["seed"], "sampler"), **kwargs)
+                if cuda:
+                    torch.cuda.synchronize(self.device)
+                elapsed = time.perf_counter() - t0
+                if used == batch_size:
+                    break
+                batch_size = used
         if cuda:
             peak = torch.cuda.max_memory_allocated(self.device) / 2**20
         else:
@@ -444,6 +505,7 @@ class Engine:
             "stats": {"generation_time": elapsed / n, "peak_memory_mb": peak, "sampling_seconds": elapsed},
             "timesteps": list(out.timesteps) if out.timesteps is not None else None,
             "device": str(self.device),
+            "batch_size_used": batch_size,
         }
         return tensors, meta
 

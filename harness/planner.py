@@ -30,7 +30,10 @@ _SHORT = {
     "seed": "seed",
 }
 #: sampling options that change how fast, not what, is sampled: kept out of cell ids
-_SAMPLING_NOT_IN_ID = ("batch_size", "cfg_batching", "warmup", "sampler", "steps", "cfg_scale")
+_SAMPLING_NOT_IN_ID = ("batch_size", "cfg_batching", "warmup", "compile", "sampler", "steps", "cfg_scale")
+#: sampling options added after results were first stored: hashed only when not default
+_LATER_DEFAULTS: dict[str, Any] = {"dtype": "fp32", "compile": "none"}
+_UNSET = object()
 
 
 @dataclass(frozen=True)
@@ -260,8 +263,10 @@ def plan_cells(cfg: BenchConfig) -> list[Cell]:
                 metric_options[mname][opt] = value
         # batch size, CFG batching and warm-up change how fast the samples are drawn, not
         # which: they are part of the content (timings), not of the identity
-        in_id = {k: v for k, v in sampling.items() if k not in _SAMPLING_NOT_IN_ID}
-        timing = {k: v for k, v in sampling.items() if k in _SAMPLING_NOT_IN_ID}
+        # (options added later are left out at their defaults, so stored cells keep their ids)
+        hashed = {k: v for k, v in sampling.items() if _LATER_DEFAULTS.get(k, _UNSET) != v}
+        in_id = {k: v for k, v in hashed.items() if k not in _SAMPLING_NOT_IN_ID}
+        timing = {k: v for k, v in hashed.items() if k in _SAMPLING_NOT_IN_ID}
         cell_id = stable_hash(
             {"common": common_hash, "axes": point, "variant": [variant.pruner_options], "sampling": in_id}, 12
         )

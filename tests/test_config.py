@@ -89,7 +89,7 @@ def test_unknown_key_in_section(write, bench_errors):
     path = write(matrix_text(sampling="stpes = 2\nnum_samples = 4"))
     assert bench_errors(path) == [
         f"{path}: sampling.stpes: unknown key (did you mean 'steps'?); valid: 'batch_size', 'cfg_batching', "
-        "'cfg_scale', 'num_samples', 'sampler', 'steps', 'trajectory_samples', 'warmup'"
+        "'cfg_scale', 'compile', 'dtype', 'num_samples', 'sampler', 'steps', 'trajectory_samples', 'warmup'"
     ]
 
 
@@ -377,7 +377,7 @@ def test_set_unknown_key(write, bench_errors):
     lines = bench_errors(path, "--set", "sampling.stpes=3")
     assert lines == [
         f"{path}: sampling.stpes: unknown key (did you mean 'steps'?); valid: 'batch_size', 'cfg_batching', "
-        "'cfg_scale', 'num_samples', 'sampler', 'steps', 'trajectory_samples', 'warmup'"
+        "'cfg_scale', 'compile', 'dtype', 'num_samples', 'sampler', 'steps', 'trajectory_samples', 'warmup'"
     ]
 
 

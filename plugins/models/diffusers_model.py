@@ -212,6 +212,17 @@ class DiffusersModel(DiffusionModel):
                 comp.to(device)
         return self
 
+    @contextlib.contextmanager
+    def compiled(self, mode: str) -> Iterator[None]:
+        """The pipeline samples with ``torch.compile(denoiser)`` inside the block."""
+        eager = self.net.denoiser
+        self.net.denoiser = torch.compile(eager, mode=None if mode == "default" else mode)
+        try:
+            yield
+        finally:
+            self.net.denoiser = eager
+            self._bind()
+
     def _bind(self) -> None:
         """Make the pipeline sample with this model's denoiser (variants share a pipeline)."""
         attr = "unet" if hasattr(self.pipe, "unet") else "transformer"
