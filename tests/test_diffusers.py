@@ -273,3 +273,19 @@ def test_pruning_matrix_over_the_tiny_pipeline_runs_end_to_end(
     # the reference model's weights were not copied into the cache (only pruned variants)
     again = runner.run(matrix, [], results_dir=str(tmp_path / "results"), stream=io.StringIO(), interactive=False)
     assert again.skipped == again.total
+
+
+@pytest.mark.parametrize("name, cells, pruned", [("pruning_sd", 42, 20), ("cfg_sweep_sd", 16, 0)])
+def test_the_stable_diffusion_matrices_plan_with_local_weights_and_data(
+    tmp_path: Path, tiny_sd_dir: Path, name: str, cells: int, pruned: int
+) -> None:
+    from harness.config import load_matrix
+    from harness.planner import plan_cells
+
+    coco = make_coco(tmp_path / "coco", ids=tuple(range(1, 9)))
+    matrix = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.toml"
+    cfg = load_matrix(matrix, [f'model.pretrained="{tiny_sd_dir}"', f'dataset.root="{coco}"'])
+    planned = plan_cells(cfg)
+    assert len(planned) == cells
+    assert len({c.variant for c in planned if c.axes["pruning_method"] != "none"}) == pruned
+    assert cfg.model.name == "diffusers" and {c.axes["steps"] for c in planned} == {25}
