@@ -112,7 +112,7 @@ class ArtifactCache:
         final = self.path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         durable = kind not in VOLATILE_KINDS
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=final.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-{tmp_tag()}-", dir=final.parent))
         try:
             if tensors:
                 clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -184,14 +184,65 @@ class ArtifactCache:
             return None
 
     def clean_partial(self) -> int:
-        """Remove leftover temporary folders of interrupted writes; return how many."""
-        n = 0
+        """Remove temporary folders of interrupted writes (:func:`is_stale_tmp`: their
+        writer on this host is gone, or they are a day old); return how many. Live
+        writers' folders, of this or another process, are left alone."""
         if not self.root.is_dir():
             return 0
-        for tmp in self.root.glob("*/.tmp-*"):
+        return remove_stale_tmp(list(self.root.glob("*/.tmp-*")))
+
+
+# ---------------------------------------------------------------------------- temporary files
+
+#: this machine's name as it appears in temporary names (shared folders see many hosts)
+HOST = "".join(c if c.isalnum() else "_" for c in __import__("socket").gethostname())[:40] or "host"
+STALE_AFTER_S = 24 * 3600
+
+
+def tmp_tag() -> str:
+    """``<host>-<pid>``: the writer of a temporary file or folder, part of its name."""
+    return f"{HOST}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def is_stale_tmp(path: Path, now: float | None = None, max_age_s: float = STALE_AFTER_S) -> bool:
+    """A ``.tmp-*`` left by an interrupted writer: written on this host by a process that
+    no longer runs, or untouched for ``max_age_s`` (writers on other hosts, old formats)."""
+    import re
+    import time
+
+    found = re.search(rf"-{re.escape(HOST)}-(\d+)(?:[-.]|$)", path.name)
+    if found is not None and not _pid_alive(int(found.group(1))):
+        return True
+    try:
+        age = (now or time.time()) - path.lstat().st_mtime
+    except OSError:
+        return False
+    return age > max_age_s
+
+
+def remove_stale_tmp(paths: Iterator[Path] | list[Path]) -> int:
+    """Delete the stale ones among ``paths`` (files or folders); return how many."""
+    n = 0
+    for tmp in paths:
+        if not is_stale_tmp(tmp):
+            continue
+        if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
-            n += 1
-        return n
+        else:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        n += 1
+    return n
 
 
 def _fsync_path(path: Path) -> None:

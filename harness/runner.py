@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from harness.cache import ArtifactCache
 from harness.config import BenchConfig, load_matrix
 from harness.planner import Cell, group_units, plan_cells
 from harness.registry import build_registry, get_plugin_manager
@@ -207,6 +208,10 @@ def run(
             return summary
         executor_cls = registry.get("executors", cfg.execution.executor, "execution.executor")
         executor = executor_cls(**cfg.executor_options)
+        # leftovers of killed runs: temporary files whose writer is gone (never live ones)
+        removed = store.clean_partial() + ArtifactCache(cache_dir(cfg)).clean_partial()
+        if removed:
+            log.info("removed %d temporary file(s) of interrupted writes", removed)
         run_handle = store.new_run(manifest(cfg, argv))
         # swept plugin options become columns; type them from all their values at once
         run_handle.declare_columns({k: [*v, *(d[k] for d in cfg.include if k in d)]

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from harness.cache import remove_stale_tmp, tmp_tag
 from harness.errors import UserError
 from harness.schema import BINARY_COLUMNS, CATEGORICAL, COLUMNS, SCHEMA_VERSION
 
@@ -153,7 +154,7 @@ def _check_name(name: str, what: str) -> str:
 
 def _atomic_write_bytes(final: Path, data: bytes) -> None:
     """Write ``data`` to ``final`` through a hidden temp file + fsync + rename."""
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}.tmp")
+    tmp = final.with_name(f".tmp-{final.name}-{tmp_tag()}.tmp")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -471,6 +472,13 @@ class ResultStore:
         return f"ResultStore({str(self.path)!r})"
 
     # -- runs -----------------------------------------------------------------------
+    def clean_partial(self) -> int:
+        """Remove temporary files of interrupted writes in this benchmark's folder (see
+        :func:`harness.cache.is_stale_tmp`); return how many."""
+        if not self.path.is_dir():
+            return 0
+        return remove_stale_tmp([p for p in self.path.rglob(".tmp-*") if ".cache" not in p.parts])
+
     def new_run(self, manifest: Mapping[str, Any] | None = None) -> Run:
         """Create a run folder with a fresh run id and write its ``_manifest.json``.
 
@@ -594,7 +602,7 @@ class ResultStore:
     def _commit(self, run: Run, cell_id: str, table: pa.Table, status: str, content_key: str | None = None) -> None:
         final = run.path / f"{cell_id}{FRAGMENT_SUFFIX}"
         # Not ".parquet": DuckDB and polars globs would read a half-written file.
-        tmp = run.path / f".tmp-{cell_id}-{os.getpid()}{FRAGMENT_SUFFIX}.tmp"
+        tmp = run.path / f".tmp-{cell_id}-{tmp_tag()}{FRAGMENT_SUFFIX}.tmp"
         try:
             with open(tmp, "wb") as fh:
                 # Encoding here, on the writer thread: Parquet's writer releases the GIL.

@@ -44,3 +44,55 @@ def test_durable_kinds_and_volatile_kinds_both_round_trip(tmp_path):
         art = cache.get_or_create(kind, {"k": kind}, _build([]))
         assert cache.exists(kind, art.key)
         assert cache.load(kind, art.key).meta["_kind"] == kind
+
+
+def test_clean_partial_removes_only_leftovers_of_dead_writers(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from harness.cache import HOST, ArtifactCache
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    kind = tmp_path / "model"
+    names = {
+        "dead": f".tmp-abc-{HOST}-{dead_pid}-x1y2",  # this host, writer gone
+        "live": f".tmp-abd-{HOST}-{os.getpid()}-x1y2",  # this process: still writing
+        "remote_fresh": ".tmp-abe-otherhost-12-x1y2",  # another machine, recent: may be live
+        "remote_old": ".tmp-abf-otherhost-12-x1y2",  # another machine, two days old
+    }
+    for name in names.values():
+        (kind / name).mkdir(parents=True)
+        (kind / name / "tensors.safetensors").write_bytes(b"partial")
+    old = time.time() - 2 * 24 * 3600
+    os.utime(kind / names["remote_old"], (old, old))
+    (kind / "abc").mkdir()  # a finished artifact is never touched
+    assert ArtifactCache(tmp_path).clean_partial() == 2
+    left = {p.name for p in kind.iterdir()}
+    assert left == {names["live"], names["remote_fresh"], "abc"}
+
+
+def test_a_run_removes_fragment_leftovers_of_a_killed_run(tmp_path) -> None:
+    import io
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from harness import runner
+    from harness.cache import HOST
+
+    matrix = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic.toml"
+    small = ['matrix.pruning_method=["none"]', "matrix.cfg_scale=[1.0]", "matrix.seed=[0]"]
+    runner.run(matrix, small, results_dir=str(tmp_path), stream=io.StringIO(), interactive=False)
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True).stdout)
+    run_dir = next(p for p in (tmp_path / "synthetic").rglob("*") if p.is_dir() and list(p.glob("*.parquet")))
+    leftover = run_dir / f".tmp-deadbeef0000-{HOST}-{dead_pid}.parquet.tmp"
+    leftover.write_bytes(b"half a fragment")
+    cache_left = tmp_path / ".cache" / "samples" / f".tmp-0123-{HOST}-{dead_pid}-zz"
+    cache_left.mkdir(parents=True)
+    runner.run(matrix, [*small[:2], "matrix.seed=[1]"], results_dir=str(tmp_path), stream=io.StringIO(),
+               interactive=False)
+    assert not leftover.exists() and not cache_left.exists()
