@@ -46,3 +46,10 @@ def test_cached_rerun_quick(tmp_path: Path) -> None:
     lines = _quick("cached_rerun.py", tmp_path)
     assert re.fullmatch(r"re-run \(all stored\): +\S+ s  \(3 cells skipped\)", lines[2])
     assert re.fullmatch(r"cached re-run vs first run: \d+\.\d%", lines[-1])
+
+
+def test_diffusers_overhead_quick(tmp_path: Path) -> None:
+    lines = _quick("diffusers_overhead.py", tmp_path)  # a tiny random SD pipeline in a temp folder
+    assert lines[0].startswith("StableDiffusionPipeline (tiny random SD pipeline)")
+    assert lines[-2] == "same images: max |diff| = 0.00e+00 (ok)"  # the wrapper draws exactly the pipeline's images
+    assert re.fullmatch(r"diffbench vs direct pipeline call: \d+\.\d\dx time", lines[-1])

@@ -98,6 +98,7 @@ def _quiet() -> Iterator[None]:
     import transformers.utils.logging as tlog
 
     levels = (dlog.get_verbosity(), tlog.get_verbosity())
+    bars = (dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled())
     dlog.set_verbosity_error()
     tlog.set_verbosity_error()
     dlog.disable_progress_bar()
@@ -109,8 +110,12 @@ def _quiet() -> Iterator[None]:
     finally:
         dlog.set_verbosity(levels[0])
         tlog.set_verbosity(levels[1])
-        dlog.enable_progress_bar()
-        tlog.enable_progress_bar()
+        with warnings.catch_warnings():  # HF_HUB_DISABLE_PROGRESS_BARS may forbid re-enabling
+            warnings.simplefilter("ignore")
+            if bars[0]:
+                dlog.enable_progress_bar()
+            if bars[1]:
+                tlog.enable_progress_bar()
 
 
 # ---------------------------------------------------------------------------- network
