@@ -4,8 +4,12 @@ Structured pruning changes layer shapes, so a plain ``state_dict`` no longer fit
 freshly built network. :func:`net_state` records, next to the tensors, the
 shape-defining attributes of every standard layer (channels, features, groups, heads);
 :func:`restore_net` puts those attributes and parameter shapes back on a freshly built
-network of the same family before loading the weights. No pickle is involved, so an
-untrusted cache file cannot execute code.
+network of the same family before loading the weights. A module of a class the family
+does not build (:data:`REBUILDABLE`, e.g. the :class:`~harness.attention.HeadPrunedAttention`
+that head pruning puts in place of ``nn.MultiheadAttention``) is recorded by class name
+and constructor arguments, and :func:`restore_net` swaps a new one in at its name. No
+pickle is involved and classes come from that fixed table, so an untrusted cache file
+cannot execute code.
 """
 
 from __future__ import annotations
@@ -14,6 +18,17 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from harness.attention import HeadPrunedAttention, register_flop_formulas
+
+# Done here rather than at each count because harness.engine.measure_macs builds its own
+# FlopCounterMode: without these formulas attention counts 0 MACs on CPU, and a
+# head-pruned net would look costlier than its parent (its projections are plain linears).
+register_flop_formulas()
+
+#: classes a cached net may hold in place of the module its family builds (name -> class);
+#: each has ``shape_config()`` (JSON-able) and is rebuilt as ``cls(**shape_config)``
+REBUILDABLE: dict[str, type[nn.Module]] = {"HeadPrunedAttention": HeadPrunedAttention}
 
 #: attributes that define a layer's shape, per layer type (what torch-pruning edits)
 SHAPE_ATTRS: dict[type, tuple[str, ...]] = {
@@ -42,14 +57,44 @@ def _shape_attrs(module: nn.Module) -> dict[str, Any]:
 
 
 def net_state(net: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors (state dict, on CPU) and JSON-able shape metadata of ``net``."""
+    """Tensors (state dict, on CPU) and JSON-able shape metadata of ``net``.
+
+    Metadata: ``modules`` (name -> shape attributes of each standard layer) and, when
+    ``net`` holds :data:`REBUILDABLE` modules, ``rebuild`` (name -> ``{"type", "config"}``).
+    """
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
-    modules = {name: attrs for name, m in net.named_modules() if (attrs := _shape_attrs(m))}
-    return tensors, {"modules": modules}
+    classes = {cls: name for name, cls in REBUILDABLE.items()}
+    rebuild = {
+        name: {"type": classes[type(m)], "config": m.shape_config()}  # type: ignore[operator]
+        for name, m in net.named_modules()
+        if type(m) in classes
+    }
+    modules = {name: attrs for name, m in net.named_modules() if name not in rebuild and (attrs := _shape_attrs(m))}
+    meta: dict[str, Any] = {"modules": modules}
+    if rebuild:
+        meta["rebuild"] = rebuild
+    return tensors, meta
+
+
+def _rebuild(net: nn.Module, name: str, spec: dict[str, Any]) -> None:
+    """Put a new module of the recorded class and shape at ``name`` (same device, dtype, mode)."""
+    cls = REBUILDABLE.get(spec.get("type", ""))
+    if cls is None or not name:
+        raise ValueError(
+            f"restore_net: cannot rebuild module {name!r} of type {spec.get('type')!r}; known: {sorted(REBUILDABLE)}"
+        )
+    old = net.get_submodule(name)
+    new = cls(**spec["config"])
+    ref = next(old.parameters(), None)
+    if ref is not None:
+        new = new.to(device=ref.device, dtype=ref.dtype)
+    net.set_submodule(name, new.train(old.training))
 
 
 def restore_net(net: nn.Module, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn.Module:
-    """Give ``net`` the recorded shapes, then load ``tensors`` strictly."""
+    """Give ``net`` the recorded modules and shapes, then load ``tensors`` strictly."""
+    for name, spec in (meta.get("rebuild") or {}).items():
+        _rebuild(net, name, spec)
     named = dict(net.named_modules())
     for name, attrs in (meta.get("modules") or {}).items():
         module = named.get(name)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import hookspecs
+from harness.attention import HeadPrunedAttention
 from harness.base import Conditions, ImageBatch, PruneContext, TrainContext
 from harness.diffusion import NoiseSchedule, ScheduledDiffusionModel, finetune
 from harness.errors import ConfigError
@@ -362,25 +363,21 @@ def test_heads_to_remove_rounds_half_up_and_keeps_one():
 
 
 @pytest.mark.parametrize("importance", ["l1", "random"])
-def test_attention_heads_zeroes_half_the_heads(importance):
+def test_attention_heads_removes_half_the_heads_physically(importance):
     model = make_model()
     mha = model.net.mid_attn.attn
     others = {k: v.clone() for k, v in model.net.state_dict().items() if not k.startswith("mid_attn.attn")}
-    total0, nonzero0 = count_params(model.net)
+    total0 = count_params(model.net)[0]
     AttentionHeadPruner(importance=importance).prune(model, 0.5, make_ctx())
+    dead = model.info["pruning"][-1]["heads_removed"]["mid_attn.attn"]
+    assert len(dead) == 2 and set(dead) <= {0, 1, 2, 3}
+    pruned = model.net.mid_attn.attn
+    assert isinstance(pruned, HeadPrunedAttention) and pruned.num_heads == 2 and pruned.embed_dim == 64
+    kept = [h for h in range(4) if h not in dead]
+    assert torch.equal(pruned.out_proj.weight, torch.cat([mha.out_proj.weight[:, h * 16 : (h + 1) * 16] for h in kept], 1))
     e, d = mha.embed_dim, mha.head_dim
-    dead = []
-    for h in range(mha.num_heads):
-        rows = [slice(p * e + h * d, p * e + (h + 1) * d) for p in range(3)]
-        parts = [mha.in_proj_weight[r] for r in rows] + [mha.in_proj_bias[r] for r in rows]
-        parts.append(mha.out_proj.weight[:, h * d : (h + 1) * d])
-        if all((p == 0).all() for p in parts):
-            dead.append(h)
-    assert len(dead) == 2
-    assert model.info["pruning"][-1]["heads_removed"] == {"mid_attn.attn": dead}
-    total1, nonzero1 = count_params(model.net)
-    per_head = 3 * d * e + e * d  # q/k/v rows and out_proj columns (in_proj_bias starts at 0)
-    assert total1 == total0 and nonzero0 - nonzero1 == 2 * per_head
+    per_head = 4 * d * e + 3 * d  # q/k/v rows, their biases and out_proj columns
+    assert count_params(model.net)[0] == total0 - 2 * per_head
     assert all(torch.equal(v, others[k]) for k, v in model.net.state_dict().items() if k in others)
     sample(model)
 
@@ -410,6 +407,7 @@ def test_all_five_pruners_are_registered_through_the_hook():
     pm.hook.bench_register_pruners(register=lambda cls: found.setdefault(cls.name, cls))
     assert sorted(found) == ["attention_heads", "iterative", "magnitude", "random", "structured"]
     assert found["structured"].removes_structure and not found["magnitude"].removes_structure
+    assert found["attention_heads"].removes_structure
 
 
 # ---------------------------------------------------------------------------- the real UNet

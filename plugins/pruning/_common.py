@@ -3,8 +3,9 @@
 Scope of the unstructured pruners ("prunable weights"): the ``weight`` of every
 ``Conv1d/2d/ConvTranspose2d`` and ``Linear`` module (this includes the ``out_proj`` of
 ``nn.MultiheadAttention``) and the input projection of every ``nn.MultiheadAttention``
-(``in_proj_weight``, or ``q/k/v_proj_weight`` when key/value widths differ), minus the
-protected modules. Biases, norms and embeddings are never pruned.
+(``in_proj_weight``, or ``q/k/v_proj_weight`` when key/value widths differ or heads were
+removed, see ``harness.attention``), minus the protected modules. Biases, norms and
+embeddings are never pruned.
 
 Protection: a module is protected when its qualified name (``net.named_modules()``)
 contains one of the ``protect`` substrings (default: ``time_embed``, ``class_embed``,
@@ -156,6 +157,10 @@ def weight_sparsity(net: nn.Module, protect: Iterable[str] = DEFAULT_PROTECT) ->
 def count_macs(net: nn.Module, example_inputs: Sequence[Any]) -> int:
     """Multiply-accumulates of one forward pass on ``example_inputs`` (flops / 2)."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.attention import register_flop_formulas
+
+    register_flop_formulas()  # attention kernels count too (idempotent)
 
     was_training = net.training
     net.eval()

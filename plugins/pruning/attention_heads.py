@@ -1,10 +1,10 @@
-"""``attention_heads``: remove whole self-attention heads (by zeroing their weights)."""
+"""``attention_heads``: remove whole self-attention heads physically."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from harness.base import Pruner
 from plugins.pruning._common import protect_field
@@ -42,32 +42,39 @@ class AttentionHeadPruner(Pruner):
     and v projections (and biases) and its columns of ``out_proj``; ``random`` = scores
     from ``ctx.generator``.
 
-    Removal is functional, not physical: the head's q/k/v rows and biases and its
-    ``out_proj`` columns are set to zero, so it contributes exactly nothing (its output
-    is zero whatever the attention weights), ``nonzero_params`` drops by the head's
-    weights, but ``num_params``, shapes and speed do not change. Physical removal is
-    not possible without changing the block's channels: ``nn.MultiheadAttention`` ties
-    its inner width (heads x head_dim) to ``embed_dim``, which is also the width of its
-    query input and output, i.e. of the residual stream (torch-pruning's head pruning
-    shrinks that stream with it). Deterministic for ``l1``; ``random`` depends only on
-    ``ctx.generator``. Non-attention weights are untouched.
+    Removal is physical: a layer that loses heads is replaced by a
+    :class:`harness.attention.HeadPrunedAttention` holding exactly the kept heads'
+    weights. Its token width (``embed_dim``, the residual stream) is unchanged, its inner
+    width shrinks to kept heads x ``head_dim``, so ``num_params`` drops by
+    ``4 * embed_dim * head_dim + 3 * head_dim`` per removed head (q/k/v rows and biases,
+    ``out_proj`` columns) and MACs and time drop with it. Its output equals the original
+    layer's with the removed heads' weights zeroed (a zeroed head outputs exactly zero),
+    up to float rounding. A layer that loses no head stays an ``nn.MultiheadAttention``,
+    so rates below ``0.5 / H`` leave the network unchanged. ``harness.modelio`` records
+    the replaced modules, so a cached variant restores to the same network. Channel
+    pruning (``structured``) must come before head pruning, not after. Deterministic for
+    ``l1``; ``random`` depends only on ``ctx.generator``. Non-attention weights are
+    untouched.
     """
 
     name = "attention_heads"
     Options = AttentionHeadOptions
-    removes_structure: ClassVar[bool] = False
+    removes_structure: ClassVar[bool] = True
+    #: "2": heads are removed physically (version 1 zeroed them); old cached variants are stale
+    cache_version: ClassVar[str] = "2"
 
     def prune(self, model: DiffusionModel, rate: float, ctx: PruneContext) -> DiffusionModel:
         import torch
         from torch import nn
 
+        from harness.attention import HeadPrunedAttention
         from plugins.pruning import _common
 
         rate = _common.check_rate(rate, self.name)
         protected = {id(m) for m in _common.protected_modules(model.net, self.options.protect, warn=True).values()}
         removed: dict[str, list[int]] = {}
         total_heads = 0
-        for name, module in model.net.named_modules():
+        for name, module in list(model.net.named_modules()):
             if not isinstance(module, nn.MultiheadAttention) or id(module) in protected:
                 continue
             total_heads += module.num_heads
@@ -80,7 +87,8 @@ class AttentionHeadPruner(Pruner):
             else:
                 scores = head_l1(module)
             heads = sorted(int(h) for h in scores.argsort(stable=True)[:n])
-            zero_heads(module, heads)
+            keep = [h for h in range(module.num_heads) if h not in heads]
+            model.net.set_submodule(name, HeadPrunedAttention.from_mha(module, keep))
             removed[name] = heads
         _common.record_info(
             model,
@@ -94,42 +102,16 @@ class AttentionHeadPruner(Pruner):
         return model
 
 
-def _head_tensors(mha: nn.MultiheadAttention, head: int) -> list[tuple[torch.Tensor, tuple[Any, ...]]]:
-    """(tensor, index) pairs covering every weight that belongs to ``head`` only."""
-    e, d = mha.embed_dim, mha.head_dim
-    rows = slice(head * d, (head + 1) * d)
-    out: list[tuple[torch.Tensor, tuple[Any, ...]]] = []
-    if mha._qkv_same_embed_dim:
-        for part in range(3):  # q, k, v sections of the packed projection
-            out.append((mha.in_proj_weight, (slice(part * e + head * d, part * e + (head + 1) * d),)))
-    else:
-        for w in (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight):
-            out.append((w, (rows,)))
-    if mha.in_proj_bias is not None:
-        for part in range(3):
-            out.append((mha.in_proj_bias, (slice(part * e + head * d, part * e + (head + 1) * d),)))
-    for extra in (mha.bias_k, mha.bias_v):
-        if extra is not None:
-            out.append((extra, (Ellipsis, rows)))
-    out.append((mha.out_proj.weight, (slice(None), rows)))
-    return out
-
-
 def head_l1(mha: nn.MultiheadAttention) -> torch.Tensor:
     """Per-head L1 norm of the head's q/k/v rows (with biases) and out_proj columns."""
     import torch
 
+    from harness.attention import qkv_weights
+
+    d = mha.head_dim
+    parts = list(qkv_weights(mha))
+    if mha.in_proj_bias is not None:
+        parts += [b[:, None] for b in mha.in_proj_bias.chunk(3)]
     with torch.no_grad():
-        return torch.tensor(
-            [sum(float(t[idx].abs().sum()) for t, idx in _head_tensors(mha, h)) for h in range(mha.num_heads)]
-        )
-
-
-def zero_heads(mha: nn.MultiheadAttention, heads: list[int]) -> None:
-    """Set every weight of ``heads`` to zero (the heads then output exactly zero)."""
-    import torch
-
-    with torch.no_grad():
-        for h in heads:
-            for t, idx in _head_tensors(mha, h):
-                t[idx] = 0.0
+        rows = sum(p.abs().sum(dim=1).view(mha.num_heads, d).sum(dim=1) for p in parts)
+        return rows + mha.out_proj.weight.abs().sum(dim=0).view(mha.num_heads, d).sum(dim=1)

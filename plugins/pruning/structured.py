@@ -102,7 +102,9 @@ class StructuredPruner(Pruner):
     Taylor |w * grad| of the denoising loss on ``ctx.calibration`` at random t from
     ``ctx.generator``). Needs ``ctx.example_inputs = (x_t, t, cond)`` (or the model's
     ``example_inputs()``) for tracing. The network is pruned in place; a cached variant
-    round-trips through ``harness.modelio`` (shapes are recorded per layer).
+    round-trips through ``harness.modelio`` (shapes are recorded per layer). A network
+    whose heads ``attention_heads`` already removed is refused with a clear error
+    (torch-pruning assumes heads x head_dim = embed_dim): prune channels first.
     """
 
     name = "structured"
@@ -120,6 +122,7 @@ class StructuredPruner(Pruner):
         if rate == 0.0:
             return model
         net: nn.Module = model.net
+        _refuse_head_pruned(net)
         inputs = _common.example_inputs(model, ctx)
         ignored = [m for m in _common.protected_modules(net, o.protect, warn=True).values()]
         extra = getattr(net, "structured_ignored_layers", None)  # e.g. attention q/k/v widths
@@ -350,6 +353,19 @@ def _assign_global(components: list[list[_Plan]], rate: float) -> None:
         for p in components[i]:
             p.remove_per_chunk += 1
             removed += p.chunks
+
+
+def _refuse_head_pruned(net: Any) -> None:
+    """Fail clearly on head-pruned attention: torch-pruning's attention handler assumes
+    heads x head_dim = embed_dim and would index out of range (or prune wrong rows)."""
+    from harness.attention import HeadPrunedAttention
+
+    for name, m in net.named_modules():
+        if isinstance(m, HeadPrunedAttention):
+            raise ValueError(
+                f"structured: {type(net).__name__}.{name} is a head-pruned attention layer, which "
+                "torch-pruning cannot prune; apply 'structured' before 'attention_heads', not after"
+            )
 
 
 class _InvalidShapes(RuntimeError):
