@@ -139,6 +139,11 @@ def measure_macs(model: DiffusionModel) -> float:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
+    from harness.attention import register_flop_formulas
+
+    # without these formulas attention counts 0 MACs on CPU, and a head-pruned net would
+    # look costlier than its parent (its projections are plain linears)
+    register_flop_formulas()
     try:
         inputs = model.example_inputs(1)
     except NotImplementedError as exc:
@@ -151,6 +156,9 @@ def measure_macs(model: DiffusionModel) -> float:
 
 
 SAMPLING_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+
+#: version of the MAC counting stored with variants (2: attention kernels counted)
+MACS_VERSION = 2
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -324,11 +332,18 @@ class Engine:
             num_params=num,
             nonzero_params=nonzero,
             sparsity=measure_sparsity(model.net, model.protected_modules),
-            macs=float(art.meta.get("macs", float("nan"))),
+            macs=self._macs(art, model),
             meta=art.meta,
         )
         self._variants[spec] = variant
         return variant
+
+    def _macs(self, art: Any, model: DiffusionModel) -> float:
+        """The variant's MACs: stored with it, or measured again if counted by an older
+        counter (before ``MACS_VERSION`` 2 attention counted 0 MACs on CPU)."""
+        if art.meta.get("macs_version", 1) >= MACS_VERSION:
+            return float(art.meta.get("macs", float("nan")))
+        return measure_macs(model)
 
     def _build(self, spec: VariantSpec) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         fam = self.family(spec)
@@ -371,7 +386,8 @@ class Engine:
                 macs = parent.macs
         if macs is None:
             macs = measure_macs(model)
-        meta = {"model_meta": model_meta, "build_seconds": time.perf_counter() - t0, "macs": macs}
+        meta = {"model_meta": model_meta, "build_seconds": time.perf_counter() - t0, "macs": macs,
+                "macs_version": MACS_VERSION}
         return tensors, meta
 
     def prune_context(self, spec: VariantSpec, model: DiffusionModel, ds: Dataset, fam: ModelFamily) -> PruneContext:

@@ -19,12 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.attention import HeadPrunedAttention, register_flop_formulas
-
-# Done here rather than at each count because harness.engine.measure_macs builds its own
-# FlopCounterMode: without these formulas attention counts 0 MACs on CPU, and a
-# head-pruned net would look costlier than its parent (its projections are plain linears).
-register_flop_formulas()
+from harness.attention import HeadPrunedAttention
 
 #: classes a cached net may hold in place of the module its family builds (name -> class);
 #: each has ``shape_config()`` (JSON-able) and is rebuilt as ``cls(**shape_config)``
