@@ -13,7 +13,7 @@ class FIDDigits(Metric):
     fid_digits = ||mu_s - mu_r||^2 + Tr(C_s + C_r - 2 (C_s C_r)^(1/2)), where (mu_s, C_s)
     are the mean and covariance of the classifier's penultimate-layer features (64 dims)
     of the cell's samples and (mu_r, C_r) those of the dataset's real ``reference``
-    split (computed with clean-fid's ``frechet_distance``, see ``plugins/metrics/_frechet.py``).
+    split (``plugins/metrics/_frechet.py``, the same function as ``fid``).
     The classifier (``plugins/metrics/digits_classifier.py``) and the reference
     statistics are cached artifacts. 0 for a sample set distributed like the real
     digits; lower is better. Like FID it is biased upwards for small sample counts, so
