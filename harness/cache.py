@@ -78,6 +78,14 @@ class ArtifactCache:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        #: kind folders this object has created or seen: not made again for every
+        #: artifact (a folder removed meanwhile is made again, see :meth:`save`)
+        self._made_dirs: set[Path] = set()
+
+    def _ensure_dir(self, folder: Path) -> None:
+        if folder not in self._made_dirs:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(folder)
 
     # -- keys -------------------------------------------------------------------------
     def key(self, kind: str, config: Any, parent: str | None = None) -> str:
@@ -106,21 +114,35 @@ class ArtifactCache:
 
     # -- write ------------------------------------------------------------------------
     def save(self, kind: str, key: str, tensors: dict[str, Any], meta: dict[str, Any]) -> Artifact:
-        """Write atomically; if another process won the race, keep theirs."""
+        """Write atomically; if another process won the race, keep theirs.
+
+        Returns the artifact as :meth:`load` would read it. For volatile kinds (samples,
+        metric values: several per cell) it is not read back: the metadata is parsed from
+        the JSON text just written and the tensors are the CPU copies just written (the
+        same values safetensors reads back; they may share memory with ``tensors``).
+        Durable kinds (models, and every kind plugins store) are read back from disk.
+        """
         from safetensors.torch import save_file
 
         final = self.path(kind, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self._ensure_dir(final.parent)
         durable = kind not in VOLATILE_KINDS
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-{tmp_tag()}-", dir=final.parent))
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-{tmp_tag()}-", dir=final.parent))
+        except FileNotFoundError:  # the kind folder was removed since we made it
+            self._made_dirs.discard(final.parent)
+            self._ensure_dir(final.parent)
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-{tmp_tag()}-", dir=final.parent))
+        clean: dict[str, Any] = {}
         try:
             if tensors:
                 clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
                 save_file(clean, str(tmp / "tensors.safetensors"))
                 if durable:
                     _fsync_path(tmp / "tensors.safetensors")
+            text = json.dumps({**meta, "_kind": kind, "_key": key}, indent=1, sort_keys=True, default=str)
             with open(tmp / "meta.json", "w") as fh:
-                json.dump({**meta, "_kind": kind, "_key": key}, fh, indent=1, sort_keys=True, default=str)
+                fh.write(text)
                 fh.flush()
                 if durable:
                     os.fsync(fh.fileno())
@@ -130,17 +152,26 @@ class ArtifactCache:
                 if not self.exists(kind, key):
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)
+                return self.load(kind, key)  # theirs
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return self.load(kind, key)
+        if durable:
+            return self.load(kind, key)
+        return Artifact(kind, key, clean, json.loads(text), final)
 
     @contextlib.contextmanager
     def lock(self, kind: str, key: str) -> Iterator[None]:
         """Exclusive inter-process lock for building one artifact."""
         lock_dir = self.root / kind
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(lock_dir / f".lock-{key}", "w") as fh:
+        self._ensure_dir(lock_dir)
+        try:
+            fh = open(lock_dir / f".lock-{key}", "w")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:  # the kind folder was removed since we made it
+            self._made_dirs.discard(lock_dir)
+            self._ensure_dir(lock_dir)
+            fh = open(lock_dir / f".lock-{key}", "w")  # noqa: SIM115
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -153,9 +184,16 @@ class ArtifactCache:
         config: Any,
         build: Callable[[], tuple[dict[str, Any], dict[str, Any]]],
         parent: str | None = None,
+        *,
+        key: str | None = None,
     ) -> Artifact:
-        """Load the artifact for ``config``, building and saving it first if needed."""
-        key = self.key(kind, config, parent)
+        """Load the artifact for ``config``, building and saving it first if needed.
+
+        :param key: ``self.key(kind, config, parent)`` when the caller has computed it
+            already (hashing a config is a noticeable part of a cell's overhead).
+        """
+        if key is None:
+            key = self.key(kind, config, parent)
         if self.exists(kind, key):
             found = self._load_or_discard(kind, key)
             if found is not None:

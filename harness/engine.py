@@ -160,6 +160,11 @@ SAMPLING_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 #: version of the MAC counting stored with variants (2: attention kernels counted)
 MACS_VERSION = 2
 
+#: bytes of initial noise the engine keeps for reuse across cells (see Engine.noise)
+NOISE_MEMO_BYTES = 64 * 2**20
+#: condition sets the engine keeps for reuse across cells (see Engine.conditions)
+CONDITIONS_MEMO_ENTRIES = 4096
+
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """A device out-of-memory error (CUDA's ``OutOfMemoryError`` or an allocator message)."""
@@ -223,6 +228,12 @@ class Engine:
         self._keys: dict[VariantSpec, str] = {}
         self._failed: dict[VariantSpec, str] = {}
         self._real: dict[str, ImageBatch] = {}
+        # per-cell memos (see dataset(), conditions() and noise() for why each is safe)
+        self._dataset_for: dict[str, Dataset] = {}
+        self._family_for: dict[str, ModelFamily] = {}
+        self._conditions: dict[tuple[Any, ...], Conditions] = {}
+        self._noise: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._noise_bytes = 0
         self._train_cls = diffusion.TrainConfig
         self._distill_cls = diffusion.DistillConfig
 
@@ -231,6 +242,15 @@ class Engine:
         return json.loads(spec.model_overrides)
 
     def dataset(self, spec: VariantSpec | None = None) -> Dataset:
+        # memo by the overrides string (the only part of ``spec`` used): called several
+        # times per cell, and the options it resolves depend only on it and the matrix
+        over_key = spec.model_overrides if spec else ""
+        found = self._dataset_for.get(over_key)
+        if found is None:
+            found = self._dataset_for[over_key] = self._make_dataset(spec)
+        return found
+
+    def _make_dataset(self, spec: VariantSpec | None) -> Dataset:
         over = self._overrides(spec) if spec else {}
         opts = {**self.cfg.dataset.options, **{k.split(".", 1)[1]: v for k, v in over.items() if k.startswith("dataset.")}}
         key = json.dumps(opts, sort_keys=True, default=str)
@@ -240,6 +260,14 @@ class Engine:
         return self._datasets[key]
 
     def family(self, spec: VariantSpec | None = None) -> ModelFamily:
+        # memo by the overrides string, as dataset()
+        over_key = spec.model_overrides if spec else ""
+        found = self._family_for.get(over_key)
+        if found is None:
+            found = self._family_for[over_key] = self._make_family(spec)
+        return found
+
+    def _make_family(self, spec: VariantSpec | None) -> ModelFamily:
         over = self._overrides(spec) if spec else {}
         opts = {
             **self.cfg.model.options,
@@ -435,34 +463,70 @@ class Engine:
         }
 
     def conditions(self, cell: Cell, n: int) -> Conditions:
-        """Paired design: the conditions depend only on (benchmark seed, cell seed)."""
-        gen = generator(self.cfg.benchmark.seed, cell.axes["seed"], "conditions")
-        return self.dataset(cell.variant).sample_conditions(n, gen)
+        """Paired design: the conditions depend only on (benchmark seed, cell seed).
+
+        Memoised per (dataset, cell seed, n): ``Dataset.sample_conditions`` is a pure
+        function of its freshly seeded generator (the Dataset contract), so every cell of
+        a seed gets the same conditions; each caller gets its own copy (labels cloned,
+        prompts list copied), so a caller that changes them cannot change another's.
+        """
+        memo_key = (cell.variant.model_overrides, self.cfg.benchmark.seed, cell.axes["seed"], n)
+        found = self._conditions.get(memo_key)
+        if found is None:
+            gen = generator(self.cfg.benchmark.seed, cell.axes["seed"], "conditions")
+            found = self.dataset(cell.variant).sample_conditions(n, gen)
+            if len(self._conditions) < CONDITIONS_MEMO_ENTRIES:
+                self._conditions[memo_key] = found
+            else:
+                return found
+        return dataclasses.replace(
+            found,
+            labels=None if found.labels is None else found.labels.clone(),
+            prompts=None if found.prompts is None else list(found.prompts),
+        )
 
     def noise(self, cell: Cell, shape: tuple[int, ...], n: int) -> torch.Tensor:
-        """Paired design: sample i's initial noise depends only on (benchmark seed, cell seed, i)."""
-        out = torch.empty((n, *shape))
-        for i in range(n):
-            gen = generator(self.cfg.benchmark.seed, cell.axes["seed"], "noise", i)
-            out[i] = torch.randn(shape, generator=gen)
-        return out
+        """Paired design: sample i's initial noise depends only on (benchmark seed, cell seed, i).
+
+        Memoised per (cell seed, shape, n), up to ``NOISE_MEMO_BYTES`` in all (the first
+        sets drawn are kept; no eviction, so a large matrix still hits on those): every
+        cell of a seed draws the same noise, one seeded generator per sample. Callers get
+        a clone, so a sampler that works on the noise in place cannot change another
+        cell's.
+        """
+        memo_key = (self.cfg.benchmark.seed, cell.axes["seed"], tuple(shape), n)
+        found = self._noise.get(memo_key)
+        if found is None:
+            found = torch.empty((n, *shape))
+            for i in range(n):
+                gen = generator(self.cfg.benchmark.seed, cell.axes["seed"], "noise", i)
+                found[i] = torch.randn(shape, generator=gen)
+            size = found.numel() * found.element_size()
+            if self._noise_bytes + size > NOISE_MEMO_BYTES:
+                return found
+            self._noise[memo_key] = found
+            self._noise_bytes += size
+        return found.clone()
 
     def samples(self, variant_spec: VariantSpec, cell: Cell, trajectory: bool) -> SampleSet:
         """The sample set of ``variant_spec`` under ``cell``'s sampling settings."""
-        key_traj = self.cache.key("samples", self.sample_config(self.variant_key(variant_spec), cell, True))
-        key_plain = self.cache.key("samples", self.sample_config(self.variant_key(variant_spec), cell, False))
+        config_traj = self.sample_config(self.variant_key(variant_spec), cell, True)
+        # sample_config(..., False) differs only in this entry: build and hash it once
+        config_plain = {**config_traj, "trajectory_samples": 0}
+        key_traj = self.cache.key("samples", config_traj)
+        key_plain = self.cache.key("samples", config_plain)
         if self.cache.exists("samples", key_traj):
-            key = key_traj
+            art = self.cache.load("samples", key_traj)
         elif not trajectory and self.cache.exists("samples", key_plain):
-            key = key_plain
+            art = self.cache.load("samples", key_plain)
         else:
-            config = self.sample_config(self.variant_key(variant_spec), cell, trajectory)
-            art = self.cache.get_or_create("samples", config, lambda: self._sample(variant_spec, cell, trajectory))
-            key = art.key
-        art = self.cache.load("samples", key)
+            config, key = (config_traj, key_traj) if trajectory else (config_plain, key_plain)
+            # what get_or_create returns is what loading the artifact gives: no second read
+            art = self.cache.get_or_create("samples", config, lambda: self._sample(variant_spec, cell, trajectory),
+                                           key=key)
         n = cell.sampling["num_samples"]
         return SampleSet(
-            key=key,
+            key=art.key,
             images=art.tensors["images"],
             conditions=self.conditions(cell, n),
             trajectory=art.tensors.get("trajectory"),
