@@ -9,6 +9,12 @@ the config that produced it, its parent's key and the code version. Layout::
 An artifact is written into a temporary sibling folder (``.tmp-*``) and renamed into
 place, so an interrupted write is never seen as an artifact. ``get_or_create`` holds a
 per-key file lock so two processes never build the same artifact at once.
+
+Volatile artifacts (samples, metric values: cheap to rebuild, several per cell) built by
+``get_or_create`` are returned at once and written by the cache's one writer thread,
+which releases the key's lock only once the artifact is in place: other processes wait
+for the file as before, and in this process a read of a queued key waits for its write.
+``flush`` waits for all of them.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +79,9 @@ class Artifact:
 #: pruned models, classifiers) is fsynced before it is renamed into place.
 VOLATILE_KINDS = frozenset({"samples", "metric"})
 
+#: volatile artifacts queued for the writer thread before ``get_or_create`` waits
+_MAX_PENDING_WRITES = 8
+
 
 class ArtifactCache:
     """Content-addressed store of tensors + metadata under ``root``."""
@@ -81,6 +91,15 @@ class ArtifactCache:
         #: kind folders this object has created or seen: not made again for every
         #: artifact (a folder removed meanwhile is made again, see :meth:`save`)
         self._made_dirs: set[Path] = set()
+        # volatile artifacts built by get_or_create are written by one writer thread (a
+        # few file creations each, ~1 ms on many disks), so the next cell overlaps them
+        self._writer: ThreadPoolExecutor | None = None
+        self._writer_pid = 0
+        self._pending: dict[tuple[str, str], Future[None]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.flush()
+        return {**self.__dict__, "_writer": None, "_writer_pid": 0, "_pending": {}}
 
     def _ensure_dir(self, folder: Path) -> None:
         if folder not in self._made_dirs:
@@ -97,12 +116,14 @@ class ArtifactCache:
 
     # -- read -------------------------------------------------------------------------
     def exists(self, kind: str, key: str) -> bool:
+        self._settle(kind, key)
         p = self.path(kind, key)
         return (p / "meta.json").is_file()
 
     def load(self, kind: str, key: str) -> Artifact:
         from safetensors.torch import load_file
 
+        self._settle(kind, key)
         p = self.path(kind, key)
         meta = json.loads((p / "meta.json").read_text())
         tensor_file = p / "tensors.safetensors"
@@ -110,6 +131,7 @@ class ArtifactCache:
         return Artifact(kind, key, tensors, meta, p)
 
     def load_meta(self, kind: str, key: str) -> dict[str, Any]:
+        self._settle(kind, key)
         return json.loads((self.path(kind, key) / "meta.json").read_text())
 
     # -- write ------------------------------------------------------------------------
@@ -117,11 +139,28 @@ class ArtifactCache:
         """Write atomically; if another process won the race, keep theirs.
 
         Returns the artifact as :meth:`load` would read it. For volatile kinds (samples,
-        metric values: several per cell) it is not read back: the metadata is parsed from
-        the JSON text just written and the tensors are the CPU copies just written (the
-        same values safetensors reads back; they may share memory with ``tensors``).
+        metric values: several per cell) it is not read back: see :meth:`_prepare`.
         Durable kinds (models, and every kind plugins store) are read back from disk.
         """
+        art, text = self._prepare(kind, key, tensors, meta)
+        if not self._write(kind, key, art.tensors, text) or kind not in VOLATILE_KINDS:
+            return self.load(kind, key)  # theirs, or a durable kind
+        return art
+
+    def _prepare(self, kind: str, key: str, tensors: dict[str, Any], meta: dict[str, Any]) -> tuple[Artifact, str]:
+        """The artifact as it will be stored, and its ``meta.json`` text.
+
+        The metadata is parsed back from that text and the tensors are the CPU copies
+        that are written, so this is what :meth:`load` gives once they are on disk (the
+        tensors may share memory with ``tensors``).
+        """
+        clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        text = json.dumps({**meta, "_kind": kind, "_key": key}, indent=1, sort_keys=True, default=str)
+        return Artifact(kind, key, clean, json.loads(text), self.path(kind, key)), text
+
+    def _write(self, kind: str, key: str, clean: dict[str, Any], text: str) -> bool:
+        """Write one artifact into a ``.tmp-*`` folder and rename it into place; ``False``
+        if another process had put it there first (theirs is kept)."""
         from safetensors.torch import save_file
 
         final = self.path(kind, key)
@@ -133,14 +172,11 @@ class ArtifactCache:
             self._made_dirs.discard(final.parent)
             self._ensure_dir(final.parent)
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-{tmp_tag()}-", dir=final.parent))
-        clean: dict[str, Any] = {}
         try:
-            if tensors:
-                clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+            if clean:
                 save_file(clean, str(tmp / "tensors.safetensors"))
                 if durable:
                     _fsync_path(tmp / "tensors.safetensors")
-            text = json.dumps({**meta, "_kind": kind, "_key": key}, indent=1, sort_keys=True, default=str)
             with open(tmp / "meta.json", "w") as fh:
                 fh.write(text)
                 fh.flush()
@@ -149,34 +185,73 @@ class ArtifactCache:
             try:
                 os.rename(tmp, final)
             except OSError:
-                if not self.exists(kind, key):
+                if not (final / "meta.json").is_file():
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)
-                return self.load(kind, key)  # theirs
+                return False
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if durable:
-            return self.load(kind, key)
-        return Artifact(kind, key, clean, json.loads(text), final)
+        return True
+
+    # -- the writer thread (volatile artifacts) -----------------------------------------
+    def _write_later(self, kind: str, key: str, clean: dict[str, Any], text: str, lock_fh: Any) -> None:
+        """Queue the write of a volatile artifact; the writer releases ``lock_fh`` (this
+        key's build lock) once the artifact is in place, so other processes wait for the
+        file as before. This process sees it at once: reads of a queued key wait for it."""
+        if self._writer is None or self._writer_pid != os.getpid():  # (none yet, or forked)
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="cache-writer")
+            self._writer_pid = os.getpid()
+            self._pending = {}
+        self._pending = {k: f for k, f in self._pending.items() if not f.done()}
+        while len(self._pending) >= _MAX_PENDING_WRITES:  # bound the memory held by queued tensors
+            self._settle(*next(iter(self._pending)))
+        self._pending[(kind, key)] = self._writer.submit(self._write_and_unlock, kind, key, clean, text, lock_fh)
+
+    def _write_and_unlock(self, kind: str, key: str, clean: dict[str, Any], text: str, lock_fh: Any) -> None:
+        try:
+            self._write(kind, key, clean, text)
+        except Exception as exc:  # noqa: BLE001 - its values are in use already; rebuilt when next needed
+            log.warning("cache: could not write %s artifact %s (%s); it is rebuilt when needed", kind, key, exc)
+        finally:
+            _unlock(lock_fh)
+
+    def _settle(self, kind: str, key: str) -> None:
+        """Wait until a queued write of ``(kind, key)`` (if any) is in place."""
+        fut = self._pending.pop((kind, key), None)
+        if fut is not None:
+            fut.result()
+
+    def flush(self) -> None:
+        """Wait until every queued artifact is in place (the engine calls it after each unit)."""
+        while self._pending:
+            self._settle(*next(iter(self._pending)))
 
     @contextlib.contextmanager
     def lock(self, kind: str, key: str) -> Iterator[None]:
         """Exclusive inter-process lock for building one artifact."""
+        fh = self._lock(kind, key)
+        try:
+            yield
+        finally:
+            _unlock(fh)
+
+    def _lock(self, kind: str, key: str) -> Any:
+        """Open and ``flock`` this key's lock file; release with :func:`_unlock`."""
         lock_dir = self.root / kind
         self._ensure_dir(lock_dir)
         try:
-            fh = open(lock_dir / f".lock-{key}", "w")  # noqa: SIM115 - closed by the with below
+            fh = open(lock_dir / f".lock-{key}", "w")  # noqa: SIM115 - closed by _unlock
         except FileNotFoundError:  # the kind folder was removed since we made it
             self._made_dirs.discard(lock_dir)
             self._ensure_dir(lock_dir)
             fh = open(lock_dir / f".lock-{key}", "w")  # noqa: SIM115
-        with fh:
+        try:
             fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        except BaseException:
+            fh.close()
+            raise
+        return fh
 
     def get_or_create(
         self,
@@ -198,7 +273,8 @@ class ArtifactCache:
             found = self._load_or_discard(kind, key)
             if found is not None:
                 return found
-        with self.lock(kind, key):
+        lock_fh = self._lock(kind, key)
+        try:
             if self.exists(kind, key):
                 found = self._load_or_discard(kind, key)
                 if found is not None:
@@ -206,7 +282,16 @@ class ArtifactCache:
             log.info("building %s artifact %s", kind, key)
             tensors, meta = build()
             meta = {**meta, "config": config, "parent": parent}
-            return self.save(kind, key, tensors, meta)
+            if kind not in VOLATILE_KINDS:
+                return self.save(kind, key, tensors, meta)
+            # volatile: returned now, written by the writer thread, which then unlocks
+            art, text = self._prepare(kind, key, tensors, meta)
+            self._write_later(kind, key, art.tensors, text, lock_fh)
+            lock_fh = None
+            return art
+        finally:
+            if lock_fh is not None:
+                _unlock(lock_fh)
 
     def _load_or_discard(self, kind: str, key: str) -> Artifact | None:
         """Load; an unreadable artifact (torn by a crash) is moved aside and ``None`` returned."""
@@ -281,6 +366,13 @@ def remove_stale_tmp(paths: Iterator[Path] | list[Path]) -> int:
                 tmp.unlink()
         n += 1
     return n
+
+
+def _unlock(fh: Any) -> None:
+    try:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
 
 
 def _fsync_path(path: Path) -> None:

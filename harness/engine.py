@@ -854,7 +854,12 @@ class UnitWorker:
 
     def __call__(self, unit: WorkUnit) -> Iterator[CellResult]:
         engine = self.engine()
-        for cell in unit.cells:
-            if self.on_start is not None:
-                self.on_start(cell)
-            yield engine.run_cell(cell)
+        try:
+            for cell in unit.cells:
+                if self.on_start is not None:
+                    self.on_start(cell)
+                yield engine.run_cell(cell)
+        finally:
+            # sample sets and metric values are written by the cache's writer thread
+            # while the next cell runs; the unit's are all on disk once it is done
+            engine.cache.flush()
