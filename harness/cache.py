@@ -11,7 +11,8 @@ place, so an interrupted write is never seen as an artifact. ``get_or_create`` h
 per-key file lock so two processes never build the same artifact at once.
 
 Volatile artifacts (samples, metric values: cheap to rebuild, several per cell) built by
-``get_or_create`` are returned at once and written by the cache's one writer thread,
+``get_or_create(..., wait=False)`` (as the engine does) are returned at once and written
+by the cache's one writer thread,
 which releases the key's lock only once the artifact is in place: other processes wait
 for the file as before, and in this process a read of a queued key waits for its write.
 ``flush`` waits for all of them.
@@ -261,11 +262,17 @@ class ArtifactCache:
         parent: str | None = None,
         *,
         key: str | None = None,
+        wait: bool = True,
     ) -> Artifact:
         """Load the artifact for ``config``, building and saving it first if needed.
 
         :param key: ``self.key(kind, config, parent)`` when the caller has computed it
             already (hashing a config is a noticeable part of a cell's overhead).
+        :param wait: ``False``: a volatile artifact built now is returned before it is
+            on disk; the writer thread writes it (holding the key's lock until then), so
+            its file creations overlap the caller's next work. Reads of that key through
+            this cache wait for it; :meth:`flush` waits for all. Durable kinds are
+            always written before this returns.
         """
         if key is None:
             key = self.key(kind, config, parent)
@@ -282,7 +289,7 @@ class ArtifactCache:
             log.info("building %s artifact %s", kind, key)
             tensors, meta = build()
             meta = {**meta, "config": config, "parent": parent}
-            if kind not in VOLATILE_KINDS:
+            if wait or kind not in VOLATILE_KINDS:
                 return self.save(kind, key, tensors, meta)
             # volatile: returned now, written by the writer thread, which then unlocks
             art, text = self._prepare(kind, key, tensors, meta)

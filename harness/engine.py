@@ -522,8 +522,9 @@ class Engine:
         else:
             config, key = (config_traj, key_traj) if trajectory else (config_plain, key_plain)
             # what get_or_create returns is what loading the artifact gives: no second read
+            # wait=False: written while the next cell runs (the unit flushes the cache)
             art = self.cache.get_or_create("samples", config, lambda: self._sample(variant_spec, cell, trajectory),
-                                           key=key)
+                                           key=key, wait=False)
         n = cell.sampling["num_samples"]
         return SampleSet(
             key=art.key,
@@ -697,7 +698,7 @@ class Engine:
                      for i, r in enumerate(rows) if "blob" in r}
             return blobs, {"rows": rows}
 
-        art = self.cache.get_or_create("metric", config, compute)
+        art = self.cache.get_or_create("metric", config, compute, wait=False)  # see samples()
         hib = bool(type(metric).higher_is_better)
         out = []
         for i, r in enumerate(art.meta["rows"]):

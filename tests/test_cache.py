@@ -38,6 +38,21 @@ def test_a_torn_artifact_is_rebuilt(tmp_path, caplog):
     assert not list(tmp_path.glob("samples/.broken-*")) and not list(tmp_path.glob("samples/.tmp-*"))
 
 
+def test_a_volatile_artifact_not_waited_for_is_readable_at_once_and_locked_until_written(tmp_path):
+    import fcntl
+
+    cache = ArtifactCache(tmp_path)
+    art = cache.get_or_create("metric", {"n": 1}, _build([]), wait=False)
+    assert cache.exists("metric", art.key)  # waits for the queued write
+    assert (art.path / "meta.json").is_file() and not list(tmp_path.glob("metric/.tmp-*"))
+    with open(tmp_path / "metric" / f".lock-{art.key}", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the writer has released it
+    loaded = cache.load("metric", art.key)
+    assert loaded.meta == art.meta and torch.equal(loaded.tensors["x"], art.tensors["x"])
+    again = cache.get_or_create("metric", {"n": 1}, _build(calls := []), wait=False)
+    assert calls == [] and again.meta == art.meta
+
+
 def test_durable_kinds_and_volatile_kinds_both_round_trip(tmp_path):
     cache = ArtifactCache(tmp_path)
     for kind in ("model", "samples", "metric"):
