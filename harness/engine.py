@@ -515,14 +515,13 @@ class Engine:
         config_plain = {**config_traj, "trajectory_samples": 0}
         key_traj = self.cache.key("samples", config_traj)
         key_plain = self.cache.key("samples", config_plain)
-        if self.cache.exists("samples", key_traj):
-            art = self.cache.load("samples", key_traj)
-        elif not trajectory and self.cache.exists("samples", key_plain):
-            art = self.cache.load("samples", key_plain)
+        if not trajectory and self.cache.exists("samples", key_traj):
+            art = self.cache.load("samples", key_traj)  # a set with trajectories serves too
         else:
+            # get_or_create looks the key up itself (no second stat here), and what it
+            # returns is what loading the artifact gives (no second read); wait=False: the
+            # files are written while the next cell runs (the unit flushes the cache)
             config, key = (config_traj, key_traj) if trajectory else (config_plain, key_plain)
-            # what get_or_create returns is what loading the artifact gives: no second read
-            # wait=False: written while the next cell runs (the unit flushes the cache)
             art = self.cache.get_or_create("samples", config, lambda: self._sample(variant_spec, cell, trajectory),
                                            key=key, wait=False)
         n = cell.sampling["num_samples"]
