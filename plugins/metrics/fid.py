@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from harness.base import Metric, MetricContext
+from harness.env import offline
 from harness.errors import MissingFileError
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,6 @@ INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrain
 ENV_VAR = "DIFFBENCH_INCEPTION_WEIGHTS"
 CLEANFID_CACHE = Path("/tmp") / INCEPTION_FILE  # clean-fid's own download folder on Linux/macOS
 
-
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in {"1", "true", "yes"} for v in ("DIFFBENCH_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def _hub_path() -> Path:
@@ -73,7 +71,7 @@ def resolve_inception_weights(weights: str | os.PathLike[str] | None = None) -> 
     for candidate in (target, CLEANFID_CACHE):
         if candidate.is_file():
             return candidate
-    if _offline():
+    if offline():
         raise MissingFileError(f"fid: Inception weights file {target} not found and downloads are off; {_how_to_fix()}")
     import torch
 

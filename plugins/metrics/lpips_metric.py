@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from harness.base import Metric, MetricContext
+from harness.env import offline
 from harness.errors import MissingFileError
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,6 @@ BACKBONE_URLS = {
     "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth",
 }
 
-
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in {"1", "true", "yes"} for v in ("DIFFBENCH_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def _how_to_fix(net: str) -> str:
@@ -67,7 +65,7 @@ def resolve_backbone_weights(net: str, backbone_weights: str | None = None) -> P
     target = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
     if target.is_file():
         return target
-    if _offline():
+    if offline():
         raise MissingFileError(
             f"lpips: {net} backbone weights file {target} not found and downloads are off; {_how_to_fix(net)}"
         )
