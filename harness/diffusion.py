@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 SCHEDULE_KINDS = ("linear", "cosine")
 SAMPLERS = ("ddim", "ddpm")
 CFG_BATCHING = ("concat", "split", "auto")
+#: dtype names of the matrix files ([sampling] dtype, a model's dtype option) -> torch dtypes
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------------------- schedule
@@ -400,10 +402,9 @@ def _fast_layout(x: torch.Tensor) -> torch.Tensor:
     """
     if x.device.type == "cpu" and x.dim() == 4:
         if x.shape[1] == 1:
-            out = torch.empty_like(x, memory_format=torch.channels_last)
-            if out.stride(1) == x.stride(1) and x.is_contiguous():
-                return x
-            return out.copy_(x)
+            if x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last):
+                return x  # already channels-last strides
+            return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -879,6 +880,7 @@ __all__ = [
     "CFG_BATCHING",
     "SAMPLERS",
     "SCHEDULE_KINDS",
+    "TORCH_DTYPES",
     "DistillConfig",
     "NoiseSchedule",
     "ScheduledDiffusionModel",

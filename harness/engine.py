@@ -44,7 +44,7 @@ from harness.base import (
     TrainContext,
     options_dict,
 )
-from harness.diffusion import resolve_cfg_batching
+from harness.diffusion import TORCH_DTYPES, resolve_cfg_batching
 from harness.cache import ArtifactCache, stable_hash
 from harness.config import BenchConfig
 from harness.errors import CellError, UserError
@@ -155,8 +155,6 @@ def measure_macs(model: DiffusionModel) -> float:
     return counter.get_total_flops() / 2.0
 
 
-SAMPLING_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
-
 #: version of the MAC counting stored with variants (2: attention kernels counted)
 MACS_VERSION = 2
 
@@ -205,7 +203,7 @@ def sampling_mode(model: DiffusionModel, device: torch.device, dtype: str, compi
     """
     with contextlib.ExitStack() as stack:
         if dtype != "fp32":
-            stack.enter_context(torch.autocast(device_type=device.type, dtype=getattr(torch, SAMPLING_DTYPES[dtype])))
+            stack.enter_context(torch.autocast(device_type=device.type, dtype=TORCH_DTYPES[dtype]))
         if compile_mode != "none":
             stack.enter_context(model.compiled(compile_mode))
         yield
@@ -241,14 +239,19 @@ class Engine:
     def _overrides(self, spec: VariantSpec) -> dict[str, Any]:
         return json.loads(spec.model_overrides)
 
-    def dataset(self, spec: VariantSpec | None = None) -> Dataset:
-        # memo by the overrides string (the only part of ``spec`` used): called several
-        # times per cell, and the options it resolves depend only on it and the matrix
+    @staticmethod
+    def _per_overrides(memo: dict[str, Any], spec: VariantSpec | None, make: Callable[[Any], Any]) -> Any:
+        """``make(spec)``, memoised by ``spec``'s overrides string (the only part of ``spec``
+        that ``dataset()`` and ``family()`` use): they are called several times per cell,
+        and what they resolve depends only on that string and the matrix."""
         over_key = spec.model_overrides if spec else ""
-        found = self._dataset_for.get(over_key)
+        found = memo.get(over_key)
         if found is None:
-            found = self._dataset_for[over_key] = self._make_dataset(spec)
+            found = memo[over_key] = make(spec)
         return found
+
+    def dataset(self, spec: VariantSpec | None = None) -> Dataset:
+        return self._per_overrides(self._dataset_for, spec, self._make_dataset)
 
     def _make_dataset(self, spec: VariantSpec | None) -> Dataset:
         over = self._overrides(spec) if spec else {}
@@ -260,12 +263,7 @@ class Engine:
         return self._datasets[key]
 
     def family(self, spec: VariantSpec | None = None) -> ModelFamily:
-        # memo by the overrides string, as dataset()
-        over_key = spec.model_overrides if spec else ""
-        found = self._family_for.get(over_key)
-        if found is None:
-            found = self._family_for[over_key] = self._make_family(spec)
-        return found
+        return self._per_overrides(self._family_for, spec, self._make_family)
 
     def _make_family(self, spec: VariantSpec | None) -> ModelFamily:
         over = self._overrides(spec) if spec else {}
@@ -765,8 +763,9 @@ def normalise_metric_result(name: str, result: Any) -> list[dict[str, Any]]:
     """float | {name: float} | [row dicts] -> row dicts with finite float values.
 
     A row dict may carry ``reference`` (str: the reference statistics it was measured
-    against) and ``num_reference`` (int: how many real images they hold), and ``blob``: bytes (the ``.npy`` of a small array, see
-    ``harness.schema.encode_blob``), kept as ``bytes``; other extra keys are dropped.
+    against), ``num_reference`` (int: how many real images they hold) and ``blob``: bytes
+    (the ``.npy`` of a small array, see ``harness.schema.encode_blob``), kept as
+    ``bytes``; other extra keys are dropped.
     """
     if isinstance(result, dict):
         rows = [{"metric": k, "value": v} for k, v in result.items()]
