@@ -56,12 +56,12 @@ import torch
 from torch import nn
 
 from harness.base import Conditions, Dataset, DiffusionModel, ModelFamily, SampleOutput, TrainContext
+from harness.diffusion import TORCH_DTYPES
+from harness.env import offline
 from harness.errors import ConfigError, MissingFileError
 from harness.modelio import net_state, restore_net
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 #: sampler axis value -> diffusers scheduler class name (built from the pipeline's config)
 SCHEDULERS: dict[str, str | None] = {
@@ -84,9 +84,6 @@ def _looks_local(src: str) -> bool:
     """A filesystem path (exists, or starts like one), not a hub id ``owner/name``."""
     return Path(src).expanduser().exists() or src.startswith((".", "/", "~")) or src.count("/") > 1
 
-
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in {"1", "true", "yes"} for v in ("HF_HUB_OFFLINE", "DIFFBENCH_OFFLINE"))
 
 
 @contextlib.contextmanager
@@ -454,6 +451,7 @@ class Options:
         path = Path(src).expanduser()
         if _looks_local(src) and not (path / "model_index.json").is_file():
             raise ValueError(f"pretrained: {path} is not a diffusers pipeline folder (no model_index.json); expected {LAYOUT}")
+        self.pretrained = src  # resolved once: the family's source and cache identity
 
 
 @dataclass
@@ -481,17 +479,11 @@ class DiffusersFamily(ModelFamily):
 
     # -- loading --------------------------------------------------------------------
     def source(self) -> str:
-        src = self.options.pretrained or os.environ.get("DIFFBENCH_DIFFUSERS_MODEL", "")
-        if not src:
-            raise ConfigError(
-                "model.pretrained: the diffusers model needs a pipeline: set pretrained = \"PATH_OR_HUB_ID\" "
-                "or DIFFBENCH_DIFFUSERS_MODEL"
-            )
-        return src
+        """The pipeline: ``pretrained``, or ``DIFFBENCH_DIFFUSERS_MODEL`` (resolved by ``Options``)."""
+        return self.options.pretrained
 
     def config_key(self) -> dict[str, Any]:
         key = super().config_key()
-        key["options"]["pretrained"] = self.source()
         src = Path(self.source()).expanduser()
         index = src / "model_index.json"
         if index.is_file():  # local weights: a changed folder is a different model
@@ -511,20 +503,15 @@ class DiffusersFamily(ModelFamily):
             if memo in _PIPES:
                 return _PIPES[memo]
         path = Path(src).expanduser()
-        local = _looks_local(src)
-        if local:
-            if not (path / "model_index.json").is_file():
-                raise MissingFileError(
-                    f"model.pretrained: {path} is not a diffusers pipeline folder (no model_index.json); expected {LAYOUT}"
-                )
+        local = _looks_local(src)  # a local folder's layout was checked by Options
         from diffusers import DiffusionPipeline
 
-        kwargs: dict[str, Any] = {"torch_dtype": DTYPES[o.dtype]}
+        kwargs: dict[str, Any] = {"torch_dtype": TORCH_DTYPES[o.dtype]}
         if o.revision:
             kwargs["revision"] = o.revision
         if o.variant:
             kwargs["variant"] = o.variant
-        if local or _offline():
+        if local or offline():
             kwargs["local_files_only"] = True
         try:
             with _quiet():
