@@ -21,14 +21,6 @@ from plugins.pruning.attention_heads import AttentionHeadPruner
 from plugins.pruning.structured import StructuredPruner
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def zero_heads(mha: nn.MultiheadAttention, heads: list[int]) -> None:
     """The functional reference: zero the heads' q/k/v rows, biases and out_proj columns."""
     e, d = mha.embed_dim, mha.head_dim
