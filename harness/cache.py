@@ -6,9 +6,17 @@ the config that produced it, its parent's key and the code version. Layout::
     <root>/<kind>/<key>/tensors.safetensors
     <root>/<kind>/<key>/meta.json
 
-An artifact is written into a temporary sibling folder (``.tmp-*``) and renamed into
-place, so an interrupted write is never seen as an artifact. ``get_or_create`` holds a
-per-key file lock so two processes never build the same artifact at once.
+An artifact is written into a temporary folder (``<root>/.staging/.tmp-*``) and renamed
+into place, so an interrupted write is never seen as an artifact. ``get_or_create`` holds a
+file lock so two processes never build the same artifact at once: one lock file per key
+for durable kinds (models), and for volatile kinds one of ``LOCK_STRIPES`` lock files per
+kind chosen by the key (creating a new file per key cost more than the rest of a cell's
+bookkeeping on slow-metadata disks). Two keys of one stripe built at the same moment by
+two processes take turns; within a process a held stripe is shared (counted), so nested
+and overlapping builds never wait for themselves. ``exclusive=False`` skips the lock for
+an artifact only one worker ever builds (the engine's metric values, and the samples of
+every variant but the reference: a variant's cells form one work unit): if two
+processes built it anyway, the atomic rename keeps the first and drops the second.
 
 Volatile artifacts (samples, metric values: cheap to rebuild, several per cell) built by
 ``get_or_create(..., wait=False)`` (as the engine does) are returned at once and written
@@ -29,6 +37,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -83,6 +92,13 @@ VOLATILE_KINDS = frozenset({"samples", "metric"})
 #: volatile artifacts queued for the writer thread before ``get_or_create`` waits
 _MAX_PENDING_WRITES = 8
 
+#: where artifacts are written before they are renamed into ``<kind>/<key>``
+STAGING_DIR = ".staging"
+
+#: lock files per volatile kind; a collision only makes two builds of different keys take
+#: turns (with W processes building at once, a build waits with probability ~ (W-1)/1024)
+LOCK_STRIPES = 1024
+
 
 class ArtifactCache:
     """Content-addressed store of tensors + metadata under ``root``."""
@@ -97,10 +113,21 @@ class ArtifactCache:
         self._writer: ThreadPoolExecutor | None = None
         self._writer_pid = 0
         self._pending: dict[tuple[str, str], Future[None]] = {}
+        #: keys per kind folder, read once (see exists(listed=True)); writes add to it
+        self._listings: dict[str, set[str]] = {}
+        # lock files held by this process: path -> [open file, holders] (see _lock)
+        self._held: dict[Path, list[Any]] = {}
+        self._held_guard = threading.Lock()
+        self._held_pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
         self.flush()
-        return {**self.__dict__, "_writer": None, "_writer_pid": 0, "_pending": {}}
+        return {**self.__dict__, "_writer": None, "_writer_pid": 0, "_pending": {}, "_held": {}, "_listings": {},
+                "_held_guard": None, "_held_pid": 0}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._held_guard = threading.Lock()
 
     def _ensure_dir(self, folder: Path) -> None:
         if folder not in self._made_dirs:
@@ -116,10 +143,32 @@ class ArtifactCache:
         return self.root / kind / key
 
     # -- read -------------------------------------------------------------------------
-    def exists(self, kind: str, key: str) -> bool:
+    def exists(self, kind: str, key: str, *, listed: bool = False) -> bool:
+        """Whether ``(kind, key)`` is stored.
+
+        :param listed: answer a miss from this process's listing of the kind folder (read
+            once, plus what this process has written) instead of a look-up on disk. Only
+            for artifacts no other process builds meanwhile (``exclusive=False``): a miss
+            there costs a look-up that waits for the writer thread's folder updates
+            (~0.4 ms, several per cell), and a wrong "missing" only rebuilds an artifact
+            whose rename then keeps the stored one.
+        """
         self._settle(kind, key)
+        if listed and key not in self._listing(kind):
+            return False
         p = self.path(kind, key)
         return (p / "meta.json").is_file()
+
+    def _listing(self, kind: str) -> set[str]:
+        names = self._listings.get(kind)
+        if names is None:
+            try:
+                with os.scandir(self.root / kind) as entries:
+                    names = {e.name for e in entries if not e.name.startswith(".")}
+            except FileNotFoundError:
+                names = set()
+            self._listings[kind] = names
+        return names
 
     def load(self, kind: str, key: str) -> Artifact:
         from safetensors.torch import load_file
@@ -165,14 +214,20 @@ class ArtifactCache:
         from safetensors.torch import save_file
 
         final = self.path(kind, key)
-        self._ensure_dir(final.parent)
+        # staged outside the kind folder: creating entries in a folder blocks look-ups of
+        # missing names in it (the directory lock), and the engine looks keys up there
+        # while the writer thread writes; only the rename touches the kind folder
+        staging = self.root / STAGING_DIR
+        for folder in (final.parent, staging):
+            self._ensure_dir(folder)
         durable = kind not in VOLATILE_KINDS
         try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-{tmp_tag()}-", dir=final.parent))
-        except FileNotFoundError:  # the kind folder was removed since we made it
-            self._made_dirs.discard(final.parent)
-            self._ensure_dir(final.parent)
-            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-{tmp_tag()}-", dir=final.parent))
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{kind}-{key}-{tmp_tag()}-", dir=staging))
+        except FileNotFoundError:  # the folder was removed since we made it
+            self._made_dirs.difference_update({final.parent, staging})
+            for folder in (final.parent, staging):
+                self._ensure_dir(folder)
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{kind}-{key}-{tmp_tag()}-", dir=staging))
         try:
             if clean:
                 save_file(clean, str(tmp / "tensors.safetensors"))
@@ -185,6 +240,10 @@ class ArtifactCache:
                     os.fsync(fh.fileno())
             try:
                 os.rename(tmp, final)
+            except FileNotFoundError:  # the kind folder was removed meanwhile
+                self._made_dirs.discard(final.parent)
+                self._ensure_dir(final.parent)
+                os.rename(tmp, final)
             except OSError:
                 if not (final / "meta.json").is_file():
                     raise
@@ -193,12 +252,15 @@ class ArtifactCache:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        listing = self._listings.get(kind)
+        if listing is not None:
+            listing.add(key)
         return True
 
     # -- the writer thread (volatile artifacts) -----------------------------------------
-    def _write_later(self, kind: str, key: str, clean: dict[str, Any], text: str, lock_fh: Any) -> None:
-        """Queue the write of a volatile artifact; the writer releases ``lock_fh`` (this
-        key's build lock) once the artifact is in place, so other processes wait for the
+    def _write_later(self, kind: str, key: str, clean: dict[str, Any], text: str, lock_path: Path | None) -> None:
+        """Queue the write of a volatile artifact; the writer releases ``lock_path`` (this
+        key's build lock, if held) once the artifact is in place, so other processes wait for the
         file as before. This process sees it at once: reads of a queued key wait for it."""
         if self._writer is None or self._writer_pid != os.getpid():  # (none yet, or forked)
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="cache-writer")
@@ -207,15 +269,16 @@ class ArtifactCache:
         self._pending = {k: f for k, f in self._pending.items() if not f.done()}
         while len(self._pending) >= _MAX_PENDING_WRITES:  # bound the memory held by queued tensors
             self._settle(*next(iter(self._pending)))
-        self._pending[(kind, key)] = self._writer.submit(self._write_and_unlock, kind, key, clean, text, lock_fh)
+        self._pending[(kind, key)] = self._writer.submit(self._write_and_unlock, kind, key, clean, text, lock_path)
 
-    def _write_and_unlock(self, kind: str, key: str, clean: dict[str, Any], text: str, lock_fh: Any) -> None:
+    def _write_and_unlock(self, kind: str, key: str, clean: dict[str, Any], text: str, lock_path: Path | None) -> None:
         try:
             self._write(kind, key, clean, text)
         except Exception as exc:  # noqa: BLE001 - its values are in use already; rebuilt when next needed
             log.warning("cache: could not write %s artifact %s (%s); it is rebuilt when needed", kind, key, exc)
         finally:
-            _unlock(lock_fh)
+            if lock_path is not None:
+                self._unlock(lock_path)
 
     def _settle(self, kind: str, key: str) -> None:
         """Wait until a queued write of ``(kind, key)`` (if any) is in place."""
@@ -231,28 +294,61 @@ class ArtifactCache:
     @contextlib.contextmanager
     def lock(self, kind: str, key: str) -> Iterator[None]:
         """Exclusive inter-process lock for building one artifact."""
-        fh = self._lock(kind, key)
+        path = self._lock(kind, key)
         try:
             yield
         finally:
-            _unlock(fh)
+            self._unlock(path)
 
-    def _lock(self, kind: str, key: str) -> Any:
-        """Open and ``flock`` this key's lock file; release with :func:`_unlock`."""
-        lock_dir = self.root / kind
-        self._ensure_dir(lock_dir)
+    def lock_path(self, kind: str, key: str) -> Path:
+        """The lock file guarding ``(kind, key)``: per key for durable kinds, a stripe of
+        :data:`LOCK_STRIPES` for volatile kinds."""
+        if kind in VOLATILE_KINDS:
+            return self.root / kind / f".lock-stripe-{int(key[:8], 16) % LOCK_STRIPES:04d}"
+        return self.root / kind / f".lock-{key}"
+
+    def _lock(self, kind: str, key: str) -> Path:
+        """``flock`` this key's lock file (once per process: a file this process holds
+        already is shared, counted); release with :meth:`_unlock` (any thread)."""
+        path = self.lock_path(kind, key)
+        with self._held_guard:
+            if self._held_pid != os.getpid():  # forked: the parent's locks are not ours
+                self._held, self._held_pid = {}, os.getpid()
+            held = self._held.get(path)
+            if held is not None:
+                held[1] += 1
+                return path
+        self._ensure_dir(path.parent)
         try:
-            fh = open(lock_dir / f".lock-{key}", "w")  # noqa: SIM115 - closed by _unlock
+            fh = open(path, "a")  # noqa: SIM115 - closed by _unlock
         except FileNotFoundError:  # the kind folder was removed since we made it
-            self._made_dirs.discard(lock_dir)
-            self._ensure_dir(lock_dir)
-            fh = open(lock_dir / f".lock-{key}", "w")  # noqa: SIM115
+            self._made_dirs.discard(path.parent)
+            self._ensure_dir(path.parent)
+            fh = open(path, "a")  # noqa: SIM115
         try:
             fcntl.flock(fh, fcntl.LOCK_EX)
         except BaseException:
             fh.close()
             raise
-        return fh
+        with self._held_guard:
+            held = self._held.get(path)
+            if held is None:
+                self._held[path] = [fh, 1]
+                return path
+            held[1] += 1  # another thread of this process took it meanwhile
+        _release(fh)
+        return path
+
+    def _unlock(self, path: Path) -> None:
+        with self._held_guard:
+            held = self._held.get(path)
+            if held is None:
+                return
+            held[1] -= 1
+            if held[1]:
+                return
+            del self._held[path]
+        _release(held[0])
 
     def get_or_create(
         self,
@@ -263,6 +359,7 @@ class ArtifactCache:
         *,
         key: str | None = None,
         wait: bool = True,
+        exclusive: bool = True,
     ) -> Artifact:
         """Load the artifact for ``config``, building and saving it first if needed.
 
@@ -273,16 +370,19 @@ class ArtifactCache:
             its file creations overlap the caller's next work. Reads of that key through
             this cache wait for it; :meth:`flush` waits for all. Durable kinds are
             always written before this returns.
+        :param exclusive: ``False``: build without the inter-process lock, for an
+            artifact only one worker ever builds (two builders are harmless, just wasted
+            work: the first rename wins and the other is dropped).
         """
         if key is None:
             key = self.key(kind, config, parent)
-        if self.exists(kind, key):
+        if self.exists(kind, key, listed=not exclusive):
             found = self._load_or_discard(kind, key)
             if found is not None:
                 return found
-        lock_fh = self._lock(kind, key)
+        lock_path = self._lock(kind, key) if exclusive else None
         try:
-            if self.exists(kind, key):
+            if exclusive and self.exists(kind, key):
                 found = self._load_or_discard(kind, key)
                 if found is not None:
                     return found
@@ -293,12 +393,12 @@ class ArtifactCache:
                 return self.save(kind, key, tensors, meta)
             # volatile: returned now, written by the writer thread, which then unlocks
             art, text = self._prepare(kind, key, tensors, meta)
-            self._write_later(kind, key, art.tensors, text, lock_fh)
-            lock_fh = None
+            self._write_later(kind, key, art.tensors, text, lock_path)
+            lock_path = None
             return art
         finally:
-            if lock_fh is not None:
-                _unlock(lock_fh)
+            if lock_path is not None:
+                self._unlock(lock_path)
 
     def _load_or_discard(self, kind: str, key: str) -> Artifact | None:
         """Load; an unreadable artifact (torn by a crash) is moved aside and ``None`` returned."""
@@ -375,7 +475,7 @@ def remove_stale_tmp(paths: Iterator[Path] | list[Path]) -> int:
     return n
 
 
-def _unlock(fh: Any) -> None:
+def _release(fh: Any) -> None:
     try:
         fcntl.flock(fh, fcntl.LOCK_UN)
     finally:

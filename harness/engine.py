@@ -45,7 +45,7 @@ from harness.base import (
     options_dict,
 )
 from harness.diffusion import TORCH_DTYPES, resolve_cfg_batching
-from harness.cache import ArtifactCache, stable_hash
+from harness.cache import ArtifactCache, canonical_json, stable_hash
 from harness.config import BenchConfig
 from harness.errors import CellError, UserError
 from harness.modelio import count_params
@@ -93,11 +93,15 @@ class Variant:
 
 @dataclass
 class SampleSet:
-    """One sampling of one variant (images in [0, 1] on CPU)."""
+    """One sampling of one variant (images in [0, 1] on CPU).
+
+    ``images`` and ``conditions`` are ``None`` in a statistics-only set (``Engine.samples(...,
+    tensors=False)``: the reference's timings when no metric reads its images).
+    """
 
     key: str
-    images: torch.Tensor
-    conditions: Conditions
+    images: torch.Tensor | None
+    conditions: Conditions | None
     trajectory: torch.Tensor | None
     timesteps: list[int] | None
     stats: dict[str, float]
@@ -230,6 +234,8 @@ class Engine:
         self._dataset_for: dict[str, Dataset] = {}
         self._family_for: dict[str, ModelFamily] = {}
         self._conditions: dict[tuple[Any, ...], Conditions] = {}
+        self._metrics: dict[tuple[str, str], Metric] = {}
+        self._sample_meta: dict[tuple[str, str, bool], SampleSet] = {}
         self._noise: dict[tuple[Any, ...], torch.Tensor] = {}
         self._noise_bytes = 0
         self._train_cls = diffusion.TrainConfig
@@ -506,22 +512,46 @@ class Engine:
             self._noise_bytes += size
         return found.clone()
 
-    def samples(self, variant_spec: VariantSpec, cell: Cell, trajectory: bool) -> SampleSet:
-        """The sample set of ``variant_spec`` under ``cell``'s sampling settings."""
+    def samples(self, variant_spec: VariantSpec, cell: Cell, trajectory: bool, tensors: bool = True) -> SampleSet:
+        """The sample set of ``variant_spec`` under ``cell``'s sampling settings.
+
+        :param tensors: ``False``: only its key and statistics are needed; a stored set's
+            metadata is read without its tensors (a set not stored yet is drawn as usual).
+        """
         config_traj = self.sample_config(self.variant_key(variant_spec), cell, True)
         # sample_config(..., False) differs only in this entry: build and hash it once
         config_plain = {**config_traj, "trajectory_samples": 0}
         key_traj = self.cache.key("samples", config_traj)
         key_plain = self.cache.key("samples", config_plain)
-        if not trajectory and self.cache.exists("samples", key_traj):
+        # statistics-only sets are memoised: every cell of every unit asks for the
+        # reference's timings, and an artifact never changes under its key
+        memo_key = (key_traj, key_plain, trajectory)
+        if not tensors and memo_key in self._sample_meta:
+            return self._sample_meta[memo_key]
+        # listed: a variant's sets other than the reference's are drawn only by its unit
+        traj_stored = self.cache.exists("samples", key_traj, listed=not variant_spec.is_reference)
+        if not tensors:
+            key = key_traj if trajectory or traj_stored else key_plain
+            if traj_stored if key == key_traj else self.cache.exists("samples", key):
+                meta = self.cache.load_meta("samples", key)
+                found = self._sample_meta[memo_key] = SampleSet(
+                    key, None, None, None, meta.get("timesteps"), dict(meta["stats"]))
+                return found
+        if not trajectory and traj_stored:
             art = self.cache.load("samples", key_traj)  # a set with trajectories serves too
         else:
             # get_or_create looks the key up itself (no second stat here), and what it
             # returns is what loading the artifact gives (no second read); wait=False: the
-            # files are written while the next cell runs (the unit flushes the cache)
+            # files are written while the next cell runs (the unit flushes the cache).
+            # exclusive: only the reference's sets are drawn by several units (every unit
+            # compares with it); any other variant's cells form one unit, run by one worker,
+            # so no other process draws its sets and no lock file is needed
             config, key = (config_traj, key_traj) if trajectory else (config_plain, key_plain)
             art = self.cache.get_or_create("samples", config, lambda: self._sample(variant_spec, cell, trajectory),
-                                           key=key, wait=False)
+                                           key=key, wait=False, exclusive=variant_spec.is_reference)
+        if variant_spec.is_reference:
+            self._sample_meta[memo_key] = SampleSet(
+                art.key, None, None, None, art.meta.get("timesteps"), dict(art.meta["stats"]))
         n = cell.sampling["num_samples"]
         return SampleSet(
             key=art.key,
@@ -609,10 +639,16 @@ class Engine:
         return CellResult(cell, out, "ok", None, duration)
 
     def metric_objects(self, cell: Cell) -> list[tuple[str, Metric]]:
+        """The cell's metric plugins, one object per (name, options) for the engine's life
+        (a metric may keep loaded weights on itself between cells)."""
         objs = []
         for spec in self.cfg.metrics:
-            cls = self.registry.get("metrics", spec.name)
-            objs.append((spec.name, cls(**cell.metric_options.get(spec.name, spec.options))))
+            options = cell.metric_options.get(spec.name, spec.options)
+            memo_key = (spec.name, canonical_json(options))
+            metric = self._metrics.get(memo_key)
+            if metric is None:
+                metric = self._metrics[memo_key] = self.registry.get("metrics", spec.name)(**options)
+            objs.append((spec.name, metric))
         return objs
 
     def _measure(self, cell: Cell) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -622,7 +658,9 @@ class Engine:
         variant = self.variant(cell.variant)
         samples = self.samples(cell.variant, cell, want_traj)
         ref_spec = cell.variant.reference()
-        reference = samples if cell.variant.is_reference else self.samples(ref_spec, cell, want_traj)
+        # the reference's images only when a metric reads them; its timings always (speedup)
+        ref_tensors = bool(requires & {"reference_samples", "reference_trajectories"})
+        reference = samples if cell.variant.is_reference else self.samples(ref_spec, cell, want_traj, ref_tensors)
         ref_variant = variant if cell.variant.is_reference else self.variant(ref_spec)
         info = {
             "num_params": variant.num_params,
@@ -695,7 +733,9 @@ class Engine:
                      for i, r in enumerate(rows) if "blob" in r}
             return blobs, {"rows": rows}
 
-        art = self.cache.get_or_create("metric", config, compute, wait=False)  # see samples()
+        # wait=False: see samples(); exclusive=False: a metric value belongs to one cell (its
+        # key holds the cell's sample keys), so no other process builds it: no lock file
+        art = self.cache.get_or_create("metric", config, compute, wait=False, exclusive=False)
         hib = bool(type(metric).higher_is_better)
         out = []
         for i, r in enumerate(art.meta["rows"]):

@@ -35,7 +35,7 @@ def test_a_torn_artifact_is_rebuilt(tmp_path, caplog):
     assert calls == [1, 1]
     assert "unreadable" in caplog.text
     assert torch.equal(again.tensors["x"], torch.arange(6.0).reshape(2, 3))
-    assert not list(tmp_path.glob("samples/.broken-*")) and not list(tmp_path.glob("samples/.tmp-*"))
+    assert not list(tmp_path.glob("samples/.broken-*")) and not list(tmp_path.glob("*/.tmp-*"))
 
 
 def test_a_volatile_artifact_not_waited_for_is_readable_at_once_and_locked_until_written(tmp_path):
@@ -44,13 +44,63 @@ def test_a_volatile_artifact_not_waited_for_is_readable_at_once_and_locked_until
     cache = ArtifactCache(tmp_path)
     art = cache.get_or_create("metric", {"n": 1}, _build([]), wait=False)
     assert cache.exists("metric", art.key)  # waits for the queued write
-    assert (art.path / "meta.json").is_file() and not list(tmp_path.glob("metric/.tmp-*"))
-    with open(tmp_path / "metric" / f".lock-{art.key}", "w") as fh:
+    assert (art.path / "meta.json").is_file() and not list(tmp_path.glob("*/.tmp-*"))
+    with open(cache.lock_path("metric", art.key), "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the writer has released it
     loaded = cache.load("metric", art.key)
     assert loaded.meta == art.meta and torch.equal(loaded.tensors["x"], art.tensors["x"])
     again = cache.get_or_create("metric", {"n": 1}, _build(calls := []), wait=False)
     assert calls == [] and again.meta == art.meta
+
+
+def test_volatile_kinds_share_a_bounded_set_of_lock_files(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    for i in range(40):
+        cache.get_or_create("samples", {"n": i}, _build([]), wait=False)
+    cache.flush()
+    locks = {p.name for p in (tmp_path / "samples").glob(".lock-*")}
+    assert 0 < len(locks) <= 40 and all(n.startswith(".lock-stripe-") for n in locks)
+    assert {cache.lock_path("samples", f"{i:08x}" + "0" * 12).name for i in range(5000)} == {
+        f".lock-stripe-{i:04d}" for i in range(1024)}  # bounded: LOCK_STRIPES files per kind
+    cache.get_or_create("model", {"n": 0}, _build([]))
+    assert [p.name for p in (tmp_path / "model").glob(".lock-*")] == [f".lock-{cache.key('model', {'n': 0})}"]
+
+
+def test_a_stripe_held_by_this_process_is_shared_and_other_processes_wait(tmp_path):
+    """Nested builds of two keys in one stripe do not wait for themselves; another
+    process cannot take the stripe until the last holder here lets go."""
+    import subprocess
+    import sys
+
+    cache = ArtifactCache(tmp_path)
+    a = cache.key("metric", {"n": 1})
+    b = next(k for k in (cache.key("metric", {"n": i}) for i in range(2, 100000))
+             if cache.lock_path("metric", k) == cache.lock_path("metric", a))
+    probe = ("import fcntl, sys\nfh = open(sys.argv[1], 'a')\n"
+             "try:\n    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+             "except BlockingIOError:\n    print('held')")
+
+    def other_process_sees() -> str:
+        path = str(cache.lock_path("metric", a))
+        return subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True).stdout.strip()
+
+    with cache.lock("metric", a):
+        with cache.lock("metric", b):  # same stripe, same process: no self-deadlock
+            assert cache.lock_path("metric", a) == cache.lock_path("metric", b)
+        assert other_process_sees() == "held"
+    assert other_process_sees() == "free"
+
+
+def test_a_non_exclusive_build_takes_no_lock_and_the_first_write_wins(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    first = cache.get_or_create("metric", {"n": 1}, _build([]), wait=False, exclusive=False)
+    cache.flush()
+    assert not list((tmp_path / "metric").glob(".lock-*"))
+    # a second process that built the same artifact meanwhile: its write is dropped
+    other = ArtifactCache(tmp_path)
+    assert other._write("metric", first.key, {"x": torch.zeros(1)}, '{"note": "late"}') is False
+    assert cache.load("metric", first.key).meta["note"] == "built"
+    assert not list(tmp_path.glob("*/.tmp-*"))
 
 
 def test_durable_kinds_and_volatile_kinds_both_round_trip(tmp_path):

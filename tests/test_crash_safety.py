@@ -120,7 +120,8 @@ DRIVER = textwrap.dedent(
 
         diffusion.guided_eps = guided_eps
     elif point.startswith("save."):
-        # the N-th artifact of a kind: its weights written into the .tmp-* folder, no meta.json, not renamed
+        # the N-th artifact of a kind: its weights written into its .staging/.tmp-<kind>-* folder, no meta.json,
+        # not renamed
         import safetensors.torch as st
 
         kind = point.split(".", 1)[1]
@@ -129,7 +130,7 @@ DRIVER = textwrap.dedent(
         def save(tensors, filename, *args, **kwargs):
             save_file(tensors, filename, *args, **kwargs)
             tmp = Path(filename).parent
-            if tmp.parent.name == kind and tmp.name.startswith(".tmp-"):
+            if tmp.parent.name == ".staging" and tmp.name.startswith(f".tmp-{kind}-"):
                 reached(tmp=str(tmp))
 
         st.save_file = save
