@@ -503,3 +503,18 @@ def test_load_matrix_raises_one_config_error_with_every_line(write):
 def test_bad_training_options_are_one_line_errors(override, message, bench_errors):
     quickstart = Path(__file__).resolve().parents[1] / "benchmarks" / "quickstart.toml"
     assert bench_errors(quickstart, "--set", override) == [f"{quickstart}: {message}"]
+
+
+@pytest.mark.parametrize(
+    "name, cells",
+    [("quickstart", None), ("synthetic", None), ("trajectory_distillation", None), ("pruning", 184)],
+)
+def test_shipped_matrix_files_validate_and_plan(name, cells, tmp_path):
+    """Every matrix file under benchmarks/ that needs no external data validates and plans
+    (the diffusers ones need a COCO folder and are checked in test_diffusers)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.toml"
+    cfg = load_matrix(path, [], results_dir=tmp_path)
+    planned = plan_cells(cfg)
+    assert len(planned) > 0
+    if cells is not None:  # the count its header comment states
+        assert len(planned) == cells
