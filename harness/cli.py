@@ -18,10 +18,13 @@ import argparse  # noqa: E402
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.base import PLUGIN_KINDS, option_fields
-from harness.errors import UserError, did_you_mean, valid_choices
+from harness.base import PLUGIN_KINDS, option_fields, validate_options
+from harness.errors import ConfigError, UserError, did_you_mean, valid_choices
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.registry import Registry
 
 KIND_ALIASES = {"pruning": "pruners", "pruner": "pruners", "dataset": "datasets", "model": "models",
                 "metric": "metrics", "executor": "executors", "plot": "plots"}
@@ -66,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", action="append", default=None,
                    help="plot name, or a family prefix such as 'pruning' (repeatable; default: all that apply)")
     p.add_argument("--compare", action="store_true", help="one figure per metric with every method")
+    p.add_argument("--set", dest="plot_options", action="append", default=[], metavar="PLOT.OPTION=VALUE",
+                   help="set a plot option, VALUE in TOML syntax (repeatable), "
+                        "e.g. --set pruning_summary.primary=fid_digits; 'bench list plots' lists the options")
     p.add_argument("--out", default="figures", help="output folder (default: figures)")
 
     p = sub.add_parser("train", help="train the teacher or distil the students of a matrix")
@@ -217,21 +223,59 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from harness.registry import build_registry
 
     registry = build_registry()
-    df = store.load_results(args.path)
     names = _plot_names(args.kind, registry.names("plots"))
-    out = Path(args.out)
-    written: list[Path] = []
-    for name in names:
-        cls = registry.get("plots", name, "--kind")
+    # every class and option checked before the results are read: a mistake draws nothing
+    classes = {name: registry.get("plots", name, "--kind") for name in names}
+    overrides = _plot_overrides(args.plot_options, registry, names)
+    plots = []
+    for name, cls in classes.items():
         opts: dict[str, Any] = {}
         if args.compare and "compare" in [f[0] for f in option_fields(getattr(cls, "Options", None))]:
             opts["compare"] = True
-        written.extend(cls(**opts).draw(df, out))
+        opts.update(overrides.get(name, {}))  # --set pruning_curves.compare=false beats --compare
+        if name in overrides:
+            validate_options(cls, opts, f"--set {name}")
+        plots.append(cls(**opts))
+    df = store.load_results(args.path)
+    out = Path(args.out)
+    written: list[Path] = []
+    for plot in plots:
+        written.extend(plot.draw(df, out))
     for path in written:
         print(path)
     if not written:
         print(f"no figure applies to the results under {args.path} (plots tried: {', '.join(names)})", file=sys.stderr)
     return 0
+
+
+def _plot_overrides(texts: list[str], registry: Registry, selected: list[str]) -> dict[str, dict[str, Any]]:
+    """``--set PLOT.OPTION=VALUE`` values -> ``{plot: {option: value}}``; VALUE as for ``bench run --set``.
+
+    Checks the plot and option names; the values' types are checked by the caller against
+    the plot's ``Options`` (``validate_options``), as for a matrix file.
+    """
+    from harness.config import parse_override
+
+    out: dict[str, dict[str, Any]] = {}
+    for text in texts:
+        key, eq, value = text.partition("=")
+        plot, dot, option = (part.strip() for part in key.partition("."))
+        if not (eq and dot and plot and option) or "." in option:
+            raise ConfigError(f"--set {text}: expected PLOT.OPTION=VALUE, e.g. --set pruning_summary.primary=fid_digits")
+        key = f"{plot}.{option}"
+        cls = registry.get("plots", plot, f"--set {key}")
+        if plot not in selected:
+            # an error rather than a warning: the option would silently change nothing
+            raise ConfigError(
+                f"--set {key}: plot '{plot}' is not selected by --kind, so the option would have no effect "
+                f"(selected: {', '.join(repr(n) for n in selected)}); add --kind {plot} or drop this --set"
+            )
+        if option not in [f[0] for f in option_fields(getattr(cls, "Options", None))]:
+            # before the value is parsed: a misspelt name is the mistake to report; the
+            # plugin's own check words it (did you mean, valid options)
+            validate_options(cls, {option: None}, f"--set {plot}")
+        out.setdefault(plot, {})[option] = parse_override(f"{key}={value}")[plot][option]
+    return out
 
 
 def _plot_names(kinds: list[str] | None, available: list[str]) -> list[str]:

@@ -302,6 +302,63 @@ def test_cli_plot_compare(tmp_path: Path) -> None:
     assert (out / "pruning" / "pruning_curves_random.png").exists()
 
 
+@pytest.fixture(scope="module")
+def pruning_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results folder of the pruning benchmark with two quality metrics (enough for a summary)."""
+    folder = tmp_path_factory.mktemp("pruning_results")
+    load([r for r in pruning_rows() if r["metric"] in ("label_accuracy", "fid_digits")], folder)
+    return folder
+
+
+def test_cli_plot_set_option(pruning_results: Path, tmp_path: Path) -> None:
+    from harness.cli import main
+
+    def primary_line(*extra: str) -> str:
+        out = tmp_path / f"figs{len(extra)}"
+        assert main(["plot", str(pruning_results), "--kind", "pruning_summary", *extra, "--out", str(out)]) == 0
+        text = (out / "pruning" / "summary_magnitude.txt").read_text()
+        return next(line for line in text.splitlines() if line.startswith("Primary metric:"))
+
+    assert primary_line().startswith("Primary metric: label_accuracy (higher is better)")
+    assert primary_line("--set", "pruning_summary.primary=fid_digits").startswith(
+        "Primary metric: fid_digits (lower is better)")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "pruning_summary.primary"],
+         "--set pruning_summary.primary: expected PLOT.OPTION=VALUE, e.g. --set pruning_summary.primary=fid_digits"),
+        (["--set", "primary=fid_digits"],
+         "--set primary=fid_digits: expected PLOT.OPTION=VALUE, e.g. --set pruning_summary.primary=fid_digits"),
+        (["--set", "pruning_sumary.primary=fid_digits"],
+         "--set pruning_sumary.primary: unknown plot 'pruning_sumary' (did you mean 'pruning_summary'?); valid: "),
+        (["--set", "pruning_summary.primry=fid_digits"],
+         "--set pruning_summary.primry: unknown option of 'pruning_summary' (did you mean 'primary'?); "
+         "valid: primary, budget, cliff"),
+        (["--set", "pruning_summary.budget=abc"], "--set pruning_summary.budget: expected float, got str 'abc'"),
+        (["--set", "pruning_summary.budget=-1"], "--set pruning_summary: budget = -1 is not a relative loss"),
+        (["--kind", "pruning_curves", "--set", "pruning_summary.primary=fid_digits"],
+         "--set pruning_summary.primary: plot 'pruning_summary' is not selected by --kind, so the option would have "
+         "no effect (selected: 'pruning_curves'); add --kind pruning_summary or drop this --set"),
+    ],
+    ids=["no equals sign", "no plot name", "unknown plot", "unknown option", "wrong type", "invalid value",
+         "plot not selected"],
+)
+def test_cli_plot_set_mistakes(args: list[str], message: str, pruning_results: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main
+
+    kind = [] if "--kind" in args else ["--kind", "pruning_summary"]
+    out = tmp_path / "figs"
+    assert main(["plot", str(pruning_results), *kind, *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {message}"), err
+    if "unknown plot" in message:
+        assert "'pruning_summary'" in err and "'sample_grids'" in err  # the valid plot names
+    assert not out.exists()  # nothing drawn
+
+
 # ------------------------------------------------------------------------ no data, no figure
 
 
