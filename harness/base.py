@@ -512,10 +512,17 @@ class Metric(Plugin):
     needs them). Row dicts have ``metric``, ``value`` and optionally ``timestep``.
     ``higher_is_better`` says which way is better. Values are raw (not normalised).
     A dict return stores one row per key (metric name = key).
+
+    ``cached``: the values are kept in the artifact cache (kind ``metric``, keyed by the
+    metric's options, its ``cache_version`` and the sample sets it reads), so a re-run
+    that recomputes a cell does not compute them again. Set it to ``False`` for a metric
+    that only reads what the runner already keeps (``sampling_stats``): computing it
+    costs less than a cache entry.
     """
 
     higher_is_better: ClassVar[bool] = True
     requires: ClassVar[frozenset[str]] = frozenset({"samples"})
+    cached: ClassVar[bool] = True
 
     @classmethod
     def kind_name(cls) -> str:

@@ -38,11 +38,14 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from harness import writegate
 
 log = logging.getLogger(__name__)
 
@@ -269,9 +272,14 @@ class ArtifactCache:
         self._pending = {k: f for k, f in self._pending.items() if not f.done()}
         while len(self._pending) >= _MAX_PENDING_WRITES:  # bound the memory held by queued tensors
             self._settle(*next(iter(self._pending)))
-        self._pending[(kind, key)] = self._writer.submit(self._write_and_unlock, kind, key, clean, text, lock_path)
+        self._pending[(kind, key)] = self._writer.submit(
+            self._write_and_unlock, kind, key, clean, text, lock_path, time.monotonic()
+        )
 
-    def _write_and_unlock(self, kind: str, key: str, clean: dict[str, Any], text: str, lock_path: Path | None) -> None:
+    def _write_and_unlock(
+        self, kind: str, key: str, clean: dict[str, Any], text: str, lock_path: Path | None, queued_at: float
+    ) -> None:
+        writegate.wait(queued_at)  # start while the run's thread does plugin work (see harness.writegate)
         try:
             self._write(kind, key, clean, text)
         except Exception as exc:  # noqa: BLE001 - its values are in use already; rebuilt when next needed
@@ -284,7 +292,8 @@ class ArtifactCache:
         """Wait until a queued write of ``(kind, key)`` (if any) is in place."""
         fut = self._pending.pop((kind, key), None)
         if fut is not None:
-            fut.result()
+            with writegate.opened():
+                fut.result()
 
     def flush(self) -> None:
         """Wait until every queued artifact is in place (the engine calls it after each unit)."""

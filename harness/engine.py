@@ -45,6 +45,7 @@ from harness.base import (
     options_dict,
 )
 from harness.diffusion import TORCH_DTYPES, resolve_cfg_batching
+from harness import writegate
 from harness.cache import ArtifactCache, canonical_json, stable_hash
 from harness.config import BenchConfig
 from harness.errors import CellError, UserError
@@ -186,7 +187,8 @@ def sample_with_backoff(model: DiffusionModel, noise: torch.Tensor, conditions: 
     bs = max(1, int(batch_size))
     while True:
         try:
-            return model.sample(noise, conditions, batch_size=bs, **kwargs), bs
+            with writegate.opened():  # plugin work: queued writes run meanwhile
+                return model.sample(noise, conditions, batch_size=bs, **kwargs), bs
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
             if not is_out_of_memory(exc) or bs == 1:
                 raise
@@ -350,7 +352,7 @@ class Engine:
         fam = self.family(spec)
         ds = self.dataset(spec)
         try:
-            art = self.cache.get_or_create("model", config, lambda: self._build(spec), parent=parent_key)
+            art = self.cache.get_or_create("model", config, lambda: self._build_gated(spec), parent=parent_key)
         except Exception as exc:
             self._failed[spec] = f"{type(exc).__name__}: {exc}"
             raise
@@ -376,6 +378,10 @@ class Engine:
         if art.meta.get("macs_version", 1) >= MACS_VERSION:
             return float(art.meta.get("macs", float("nan")))
         return measure_macs(model)
+
+    def _build_gated(self, spec: VariantSpec) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        with writegate.opened():  # training and pruning: queued writes run meanwhile
+            return self._build(spec)
 
     def _build(self, spec: VariantSpec) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         fam = self.family(spec)
@@ -727,19 +733,25 @@ class Engine:
             if "model" in req:
                 ctx.model = variant.model
                 ctx.reference_model = ref_variant.model
-            rows = normalise_metric_result(name, metric.compute(ctx))
+            with writegate.opened():
+                result = metric.compute(ctx)
+            rows = normalise_metric_result(name, result)
             # blobs (bytes) cannot go in the JSON metadata: row i's is tensor "blob.i"
             blobs = {f"blob.{i}": torch.frombuffer(bytearray(r.pop("blob")), dtype=torch.uint8)
                      for i, r in enumerate(rows) if "blob" in r}
             return blobs, {"rows": rows}
 
-        # wait=False: see samples(); exclusive=False: a metric value belongs to one cell (its
-        # key holds the cell's sample keys), so no other process builds it: no lock file
-        art = self.cache.get_or_create("metric", config, compute, wait=False, exclusive=False)
+        if type(metric).cached:
+            # wait=False: see samples(); exclusive=False: a metric value belongs to one cell
+            # (its key holds the cell's sample keys), so no other process builds it: no lock file
+            art = self.cache.get_or_create("metric", config, compute, wait=False, exclusive=False)
+            tensors, meta = art.tensors, art.meta
+        else:
+            tensors, meta = compute()
         hib = bool(type(metric).higher_is_better)
         out = []
-        for i, r in enumerate(art.meta["rows"]):
-            blob = art.tensors.get(f"blob.{i}")
+        for i, r in enumerate(meta["rows"]):
+            blob = tensors.get(f"blob.{i}")
             out.append({**r, "higher_is_better": r.get("higher_is_better", hib),
                         **({"blob": blob.numpy().tobytes()} if blob is not None else {})})
         return out
@@ -897,7 +909,9 @@ class UnitWorker:
             for cell in unit.cells:
                 if self.on_start is not None:
                     self.on_start(cell)
-                yield engine.run_cell(cell)
+                with writegate.closed():  # writers run during the cell's plugin work
+                    result = engine.run_cell(cell)
+                yield result
         finally:
             # sample sets and metric values are written by the cache's writer thread
             # while the next cell runs; the unit's are all on disk once it is done

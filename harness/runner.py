@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from harness import writegate
 from harness.cache import ArtifactCache
 from harness.config import BenchConfig, load_matrix
 from harness.planner import Cell, group_units, plan_cells
@@ -232,17 +233,20 @@ def run(
             worker.on_start = started
             results = executor.run(group_units(todo), worker)
             try:
-                for result in results:
-                    _store_result(cfg, run_handle, result, pm)
-                    progress.cell_done(result.cell.name, result.status, result.duration_s, result.error)
-                    if result.status == "ok":
-                        summary.ok += 1
-                    else:
-                        summary.error += 1
-                        summary.errors.append(f"{result.cell.name}: {result.error}")
-                        if fail_fast:
-                            progress.message("stopping at the first failed cell (--fail-fast)")
-                            break
+                # the background writers start their jobs while plugin work runs, not while
+                # this thread does the harness's bookkeeping (see harness.writegate)
+                with writegate.closed():
+                    for result in results:
+                        _store_result(cfg, run_handle, result, pm)
+                        progress.cell_done(result.cell.name, result.status, result.duration_s, result.error)
+                        if result.status == "ok":
+                            summary.ok += 1
+                        else:
+                            summary.error += 1
+                            summary.errors.append(f"{result.cell.name}: {result.error}")
+                            if fail_fast:
+                                progress.message("stopping at the first failed cell (--fail-fast)")
+                                break
             finally:
                 close = getattr(results, "close", None)
                 if close is not None:

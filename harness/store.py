@@ -46,6 +46,7 @@ import numbers
 import os
 import re
 import secrets
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from harness import writegate
 from harness.cache import remove_stale_tmp, tmp_tag
 from harness.errors import UserError
 from harness.schema import BINARY_COLUMNS, CATEGORICAL, COLUMNS, SCHEMA_VERSION
@@ -577,17 +579,23 @@ class ResultStore:
             # One thread per store: writes (and supersedes) happen in submission order.
             # ThreadPoolExecutor finishes queued writes at interpreter exit.
             self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"store-{self.benchmark}")
-        self._pending.append((cell_id, self._writer.submit(fn, *args)))
+        self._pending.append((cell_id, self._writer.submit(self._gated, time.monotonic(), fn, *args)))
         if wait:
             self.flush()
         while len(self._pending) > _MAX_PENDING_WRITES:  # bound the memory held by queued fragments
             self._reap(block=True, one=True)
 
+    @staticmethod
+    def _gated(queued_at: float, fn: Any, *args: Any) -> None:
+        writegate.wait(queued_at)  # start while the run's thread does plugin work (see harness.writegate)
+        fn(*args)
+
     def _reap(self, *, block: bool, one: bool = False) -> None:
         """Drop finished writes from the queue; re-raise the first failure."""
         while self._pending and (block or self._pending[0][1].done()):
             cell_id, fut = self._pending.popleft()
-            exc = fut.exception()  # waits if block
+            with writegate.opened():
+                exc = fut.exception()  # waits if block
             if exc is not None:
                 if hasattr(exc, "add_note"):
                     exc.add_note(f"while storing cell {cell_id} under {self.path}")

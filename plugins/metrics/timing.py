@@ -32,6 +32,7 @@ class GenerationTime(Metric):
     name = "generation_time"
     higher_is_better = False
     requires: ClassVar[frozenset[str]] = frozenset({"samples"})
+    cached: ClassVar[bool] = False  # a copy of sampling_stats: no cache entry
 
     def compute(self, ctx: MetricContext) -> float:
         return _stat(ctx, "generation_time", self.name)
@@ -48,6 +49,7 @@ class PeakMemory(Metric):
     name = "peak_memory_mb"
     higher_is_better = False
     requires: ClassVar[frozenset[str]] = frozenset({"samples"})
+    cached: ClassVar[bool] = False  # a copy of sampling_stats: no cache entry
 
     def compute(self, ctx: MetricContext) -> float:
         return _stat(ctx, "peak_memory_mb", self.name)
