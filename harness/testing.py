@@ -230,6 +230,7 @@ class MetricContract(_NameContract):
 
         cls = self.metric_cls
         assert isinstance(cls.higher_is_better, bool)
+        assert isinstance(cls.cached, bool), "cached must be a bool (False: no cache entry, see harness.base.Metric)"
         assert isinstance(cls.requires, frozenset) and cls.requires <= METRIC_REQUIREMENTS, (
             f"requires must be a frozenset within {sorted(METRIC_REQUIREMENTS)}"
         )
