@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 TRAJECTORY_REQS = frozenset({"trajectories", "reference_trajectories"})
 REFERENCE_REQS = frozenset({"reference_samples", "reference_trajectories", "model"})
+#: a metric requiring none of these reads no sample set: its cache key leaves them out
+SAMPLE_REQS = frozenset({"samples", "reference_samples", "trajectories", "reference_trajectories", "conditions"})
 
 
 def resolve_device(device: str) -> torch.device:
@@ -695,20 +697,31 @@ class Engine:
         reference: SampleSet,
     ) -> list[dict[str, Any]]:
         req = type(metric).requires
-        config = {
+        config: dict[str, Any] = {
             "metric": name,
             "options": options_dict(metric.options),
             "code": getattr(metric, "cache_version", "1"),
-            "samples": samples.key,
-            # which drawing of that sample set: rebuilt samples (a deleted cache) are measured
-            # anew, so timings and everything computed from them are recomputed too
-            "drawn": samples.stats.get("sampling_seconds"),
-            "reference": reference.key if req & REFERENCE_REQS else None,
-            "reference_drawn": reference.stats.get("sampling_seconds") if req & REFERENCE_REQS else None,
-            "variant": variant.key if "model" in req else None,
             "cell_seed": cell.axes["seed"],
             "bench_seed": self.cfg.benchmark.seed,
         }
+        if req & SAMPLE_REQS:
+            config.update({
+                "samples": samples.key,
+                # which drawing of that sample set: rebuilt samples (a deleted cache) are measured
+                # anew, so timings and everything computed from them are recomputed too
+                "drawn": samples.stats.get("sampling_seconds"),
+                "reference": reference.key if req & REFERENCE_REQS else None,
+                "reference_drawn": reference.stats.get("sampling_seconds") if req & REFERENCE_REQS else None,
+                "variant": variant.key if "model" in req else None,
+            })
+        else:
+            # reads no sample set (e.g. the networks on real data): one value per model,
+            # shared by its cells at every CFG scale, sampler and number of samples
+            config.update({
+                "variant": variant.key if "model" in req else None,
+                "reference_variant": ref_variant.key if "model" in req else None,
+                "dataset": self.dataset(cell.variant).config_key() if "real_images" in req else None,
+            })
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             ctx = MetricContext(

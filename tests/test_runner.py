@@ -364,3 +364,52 @@ def test_after_cell_sees_failed_cells_too(tmp_path, extra_plugins):
     run(tmp_path, FLAKY)
     assert [k for k, _ in recorder.events] == ["before", "after"] * 4 + ["finished"]
     assert recorder.events[-1][1][1:] == (2, 2, 0)
+
+
+# ----------------------------------------------------------------------------- metric keys
+
+CALLS: list[tuple[str, float]] = []
+
+
+class ModelOnly(Metric):
+    """Reads the networks only, no sample set (test plugin): its value is one per model."""
+
+    name = "model_only"
+    requires: ClassVar[frozenset[str]] = frozenset({"model"})
+
+    def compute(self, ctx: MetricContext) -> float:
+        CALLS.append((self.name, ctx.cell.axes["cfg_scale"]))
+        return float(sum(p.abs().sum() for p in ctx.model.net.parameters()))
+
+
+class PerSampleSet(Metric):
+    """Reads the samples (test plugin): one value per sample set."""
+
+    name = "per_sample_set"
+
+    def compute(self, ctx: MetricContext) -> float:
+        CALLS.append((self.name, ctx.cell.axes["cfg_scale"]))
+        return float(ctx.samples.mean())
+
+
+class KeyPlugin:
+    @hookimpl
+    def bench_register_metrics(self, register: Any) -> None:
+        register(ModelOnly)
+        register(PerSampleSet)
+
+
+def test_a_metric_that_reads_no_samples_is_computed_once_per_model(tmp_path, extra_plugins):
+    extra_plugins(KeyPlugin())
+    CALLS.clear()
+    summary = run(tmp_path, ['metrics.names=["model_only", "per_sample_set"]', "matrix.cfg_scale=[1.0, 3.0, 5.0]",
+                             "matrix.seed=[0]"])
+    assert summary.ok == 6  # reference and magnitude@0.5, 3 CFG scales each
+    assert sum(1 for n, _ in CALLS if n == "per_sample_set") == 6
+    assert sum(1 for n, _ in CALLS if n == "model_only") == 2  # one per model, not per CFG scale
+    df = harness.load_results(tmp_path)
+    values = df[df.metric == "model_only"].groupby("pruning_method", observed=True)["value"].nunique()
+    assert (values == 1).all()  # every CFG scale of a model shares the value
+    ref = df[(df.metric == "model_only") & (df.pruning_method == "none")]["value"].iloc[0]
+    pruned = df[(df.metric == "model_only") & (df.pruning_method == "magnitude")]["value"].iloc[0]
+    assert pruned < ref  # and the models differ
