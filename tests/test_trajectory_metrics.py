@@ -315,6 +315,9 @@ def test_eps_agreement_of_a_model_with_itself_is_one():
     rows = EpsAgreement(timesteps=3).compute(noise_ctx(model, model))
     assert rows[0] == {"metric": "eps_agreement", "value": pytest.approx(1.0)}
     assert [v for _, v in per_step(rows, "eps_agreement_t")] == pytest.approx([1.0] * 3)
+    other = TinyModel()
+    EpsAgreement(timesteps=3).compute(noise_ctx(other, TinyModel()))
+    assert model.seen == other.seen  # the same model twice is evaluated once per batch
 
 
 def test_eps_agreement_of_opposite_predictions_is_minus_one():

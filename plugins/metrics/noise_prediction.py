@@ -102,7 +102,11 @@ def per_timestep_means(
                 e = eps[a:b].to(device)
                 tt = torch.full((b - a,), t, dtype=torch.long, device=device)
                 x_t = main.add_noise(x0[a:b].to(device), e, tt)
-                preds = [m.predict_noise(x_t, tt, conds[i][j]) for i, m in enumerate(models)]
+                preds: list[torch.Tensor] = []
+                for i, m in enumerate(models):
+                    # the same model twice (the teacher's cell compares it with itself): one pass
+                    first = next((k for k in range(i) if models[k] is m), None)
+                    preds.append(preds[first] if first is not None else m.predict_noise(x_t, tt, conds[i][j]))
                 values.append(statistic(e, preds).cpu())
             means.append(float(torch.cat(values).mean()))
     return timesteps, means
