@@ -524,6 +524,14 @@ def test_summary_options(pruning_df: pd.DataFrame) -> None:
     assert "Best rate within 20%: 0.3 " in text and "Cliff (> 50% loss): 0.6 " in text
     text = summary_text(g, "magnitude", primary="nope")
     assert "Primary metric 'nope' has no rows" in text
+    assert f"({len(SEEDS)} seeds: {', '.join(map(str, SEEDS))})" in text  # same seeds everywhere: said once
+
+
+def test_summary_names_the_seeds_of_the_method_and_of_the_reference(pruning_df: pd.DataFrame) -> None:
+    one_seed = pruning_df[(pruning_df["pruning_method"] == "none") | (pruning_df["seed"] == SEEDS[0])]
+    (g,) = pruning_groups(one_seed)
+    text = summary_text(g, "magnitude")
+    assert f"(magnitude: 1 seed: {SEEDS[0]}; reference: {len(SEEDS)} seeds: " in text
     with pytest.raises(Exception, match="budget"):
         PruningSummary(budget=-1.0)
 

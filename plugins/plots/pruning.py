@@ -490,10 +490,15 @@ def summary_text(
             info.append(f"{col} {', '.join(sorted(map(str, rows[col].dropna().unique())))}")
     if info:
         lines.append("; ".join(info))
-    seeds = sorted(rows["seed"].unique())
+    def seed_list(part: pd.DataFrame) -> str:
+        seeds = sorted(part["seed"].dropna().unique())
+        return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}: {', '.join(map(str, seeds))}"
+
+    method_seeds = seed_list(rows[rows["pruning_method"] == method])
+    ref_seeds = seed_list(g.reference)
+    seeds_text = method_seeds if method_seeds == ref_seeds else f"{method}: {method_seeds}; reference: {ref_seeds}"
     lines += [
-        f"Values: mean ± s.d. over seeds ({len(seeds)} seed{'s' if len(seeds) != 1 else ''}: "
-        f"{', '.join(map(str, seeds))}); rate 0 = the unpruned reference.",
+        f"Values: mean ± s.d. over seeds ({seeds_text}); rate 0 = the unpruned reference.",
         "↑ / ↓ after a metric: higher / lower is better. Loss = relative quality loss vs the reference.",
     ]
     if primary is not None and prim is None:
