@@ -379,7 +379,7 @@ class ModelOnly(Metric):
 
     def compute(self, ctx: MetricContext) -> float:
         CALLS.append((self.name, ctx.cell.axes["cfg_scale"]))
-        return float(sum(p.abs().sum() for p in ctx.model.net.parameters()))
+        return float(sum(p.detach().abs().sum() for p in ctx.model.net.parameters()))
 
 
 class PerSampleSet(Metric):
