@@ -755,8 +755,10 @@ class Engine:
             return blobs, {"rows": rows}
 
         if type(metric).cached:
-            # wait=False: see samples(); exclusive=False: a metric value belongs to one cell
-            # (its key holds the cell's sample keys), so no other process builds it: no lock file
+            # wait=False: see samples(); exclusive=False: no lock file. A value's key holds the
+            # cell's sample keys (or, for a metric that reads no samples, its models' keys), so
+            # at most the cells of one model in two worker processes build the same value:
+            # wasted work, never a wrong value (the first rename wins)
             art = self.cache.get_or_create("metric", config, compute, wait=False, exclusive=False)
             tensors, meta = art.tensors, art.meta
         else:
