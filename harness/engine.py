@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from harness import writegate
 from harness.base import (
     Conditions,
     Dataset,
@@ -45,7 +46,6 @@ from harness.base import (
     options_dict,
 )
 from harness.diffusion import TORCH_DTYPES, resolve_cfg_batching
-from harness import writegate
 from harness.cache import ArtifactCache, canonical_json, stable_hash
 from harness.config import BenchConfig
 from harness.errors import CellError, UserError
