@@ -38,7 +38,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -272,14 +271,12 @@ class ArtifactCache:
         self._pending = {k: f for k, f in self._pending.items() if not f.done()}
         while len(self._pending) >= _MAX_PENDING_WRITES:  # bound the memory held by queued tensors
             self._settle(*next(iter(self._pending)))
-        self._pending[(kind, key)] = self._writer.submit(
-            self._write_and_unlock, kind, key, clean, text, lock_path, time.monotonic()
+        # the job starts while the run's thread does plugin work (see harness.writegate)
+        self._pending[(kind, key)] = writegate.submit(
+            self._writer, self._write_and_unlock, kind, key, clean, text, lock_path
         )
 
-    def _write_and_unlock(
-        self, kind: str, key: str, clean: dict[str, Any], text: str, lock_path: Path | None, queued_at: float
-    ) -> None:
-        writegate.wait(queued_at)  # start while the run's thread does plugin work (see harness.writegate)
+    def _write_and_unlock(self, kind: str, key: str, clean: dict[str, Any], text: str, lock_path: Path | None) -> None:
         try:
             self._write(kind, key, clean, text)
         except Exception as exc:  # noqa: BLE001 - its values are in use already; rebuilt when next needed

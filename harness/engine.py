@@ -701,6 +701,7 @@ class Engine:
             "metric": name,
             "options": options_dict(metric.options),
             "code": getattr(metric, "cache_version", "1"),
+            "variant": variant.key if "model" in req else None,
             "cell_seed": cell.axes["seed"],
             "bench_seed": self.cfg.benchmark.seed,
         }
@@ -712,13 +713,11 @@ class Engine:
                 "drawn": samples.stats.get("sampling_seconds"),
                 "reference": reference.key if req & REFERENCE_REQS else None,
                 "reference_drawn": reference.stats.get("sampling_seconds") if req & REFERENCE_REQS else None,
-                "variant": variant.key if "model" in req else None,
             })
         else:
             # reads no sample set (e.g. the networks on real data): one value per model,
             # shared by its cells at every CFG scale, sampler and number of samples
             config.update({
-                "variant": variant.key if "model" in req else None,
                 "reference_variant": ref_variant.key if "model" in req else None,
                 "dataset": self.dataset(cell.variant).config_key() if "real_images" in req else None,
             })

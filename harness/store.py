@@ -46,7 +46,6 @@ import numbers
 import os
 import re
 import secrets
-import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -579,16 +578,12 @@ class ResultStore:
             # One thread per store: writes (and supersedes) happen in submission order.
             # ThreadPoolExecutor finishes queued writes at interpreter exit.
             self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"store-{self.benchmark}")
-        self._pending.append((cell_id, self._writer.submit(self._gated, time.monotonic(), fn, *args)))
+        # the job starts while the run's thread does plugin work (see harness.writegate)
+        self._pending.append((cell_id, writegate.submit(self._writer, fn, *args)))
         if wait:
             self.flush()
         while len(self._pending) > _MAX_PENDING_WRITES:  # bound the memory held by queued fragments
             self._reap(block=True, one=True)
-
-    @staticmethod
-    def _gated(queued_at: float, fn: Any, *args: Any) -> None:
-        writegate.wait(queued_at)  # start while the run's thread does plugin work (see harness.writegate)
-        fn(*args)
 
     def _reap(self, *, block: bool, one: bool = False) -> None:
         """Drop finished writes from the queue; re-raise the first failure."""

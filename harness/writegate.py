@@ -10,7 +10,7 @@ harness overhead (``benchmarks/perf/harness_overhead.py``).
 
 So a run closes the gate (:func:`closed`) and opens it (:func:`opened`) around plugin
 work (building an artifact: training, pruning, sampling, a metric) and around every wait
-for a writer; a queued job waits for the gate (:func:`wait`), at most ``MAX_DELAY_S``
+for a writer; a job queued with :func:`submit` waits for the gate, at most ``MAX_DELAY_S``
 after it was queued, so a gate left closed only delays writes and never stops them.
 Outside a run the gate is open: writers start at once, as before.
 
@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from typing import Any
 
 #: longest a queued write waits for the gate (seconds)
 MAX_DELAY_S = 0.05
@@ -38,6 +40,16 @@ def wait(queued_at: float) -> None:
     remaining = queued_at + MAX_DELAY_S - time.monotonic()
     if remaining > 0 and not _open.is_set():
         _open.wait(remaining)
+
+
+def submit(pool: Executor, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """``pool.submit(fn, *args)`` for a background writer: the job first waits for the gate."""
+    return pool.submit(_gated, time.monotonic(), fn, *args)
+
+
+def _gated(queued_at: float, fn: Callable[..., Any], *args: Any) -> Any:
+    wait(queued_at)
+    return fn(*args)
 
 
 def is_open() -> bool:
