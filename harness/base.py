@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from harness.errors import ConfigError, did_you_mean
 
@@ -532,20 +532,54 @@ class Metric(Plugin):
         raise NotImplementedError
 
 
+class WorkUnit(Protocol):
+    """Cells that share one model variant (:class:`harness.planner.WorkUnit`).
+
+    ``variant`` is hashable and ``variant.parent()`` names the variant it is derived from
+    (``None`` for the teacher), so an executor can run a unit after the units that
+    build its ancestors.
+    """
+
+    variant: Any
+    cells: Sequence[Any]
+
+
+@runtime_checkable
+class Worker(Protocol):
+    """What an executor runs units with (:class:`harness.worker.UnitWorker`). Picklable."""
+
+    #: the device the matrix asks for: 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'
+    device: str
+    #: workers with equal identities are interchangeable: an executor may keep one per
+    #: process and hand it later units (it keeps its loaded models)
+    identity: Hashable
+
+    def __call__(self, unit: WorkUnit) -> Iterable[Any]:
+        """Compute every cell of ``unit``; yields one result per cell."""
+        ...
+
+    def error_results(self, unit: WorkUnit, message: str, duration: float = 0.0) -> list[Any]:
+        """Error results for every cell of ``unit`` (its task failed where it ran)."""
+        ...
+
+
 class Executor(Plugin):
     """Runs planned work units and yields their results.
 
-    Contract: ``run(units, work)`` calls ``work(unit)`` for each
-    :class:`harness.planner.WorkUnit` (in this process or elsewhere) and yields the
-    :class:`harness.runner.CellResult` objects it returns, in any order, as they finish.
-    ``work`` is picklable. Every executor gives identical rows for the same matrix.
+    Contract: ``run(units, worker)`` calls ``worker(unit)`` for each :class:`WorkUnit`
+    (in this process or elsewhere) and yields the cell results it returns, in any order,
+    as they finish; a unit whose task failed yields ``worker.error_results(unit,
+    message)``. ``units`` is an iterable handed out lazily: take a unit when you are
+    about to run it (or ``list(units)`` to schedule them all). Executors only execute:
+    the runner calls the lifecycle hooks (as units are taken) and stores results. Every executor gives identical rows for the same matrix (the worker sets
+    torch's thread count itself).
     """
 
     @classmethod
     def kind_name(cls) -> str:
         return "execution"
 
-    def run(self, units: Sequence[Any], work: Callable[[Any], list[Any]]) -> Iterator[Any]:
+    def run(self, units: Iterable[WorkUnit], worker: Worker) -> Iterator[Any]:
         raise NotImplementedError
 
 

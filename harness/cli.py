@@ -291,10 +291,10 @@ def _plot_names(kinds: list[str] | None, available: list[str]) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from harness.config import load_matrix
-    from harness.engine import Engine
     from harness.planner import VariantSpec
     from harness.progress import Progress
     from harness.runner import cache_dir
+    from harness.worker import Stages
 
     cfg = load_matrix(args.matrix, args.overrides, results_dir=args.results_dir)
     factors: list[float] = []
@@ -312,11 +312,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             if not 0 < f <= 1:
                 raise UserError(f"--size-factors: {f:g} is not in (0, 1]")
     with Progress(0) as progress:
-        engine = Engine(cfg, cache_dir(cfg), progress=progress)
-        v = engine.variant(VariantSpec(None, "none", 0.0))
+        variants = Stages(cfg, cache_dir(cfg), progress=progress).variants
+        v = variants.get(VariantSpec(None, "none", 0.0))
         print(f"teacher: {v.num_params:,} parameters, artifact {v.key}")
         for f in factors:
-            s = engine.variant(VariantSpec(f, "none", 0.0))
+            s = variants.get(VariantSpec(f, "none", 0.0))
             print(f"student {f:g}: {s.num_params:,} parameters ({s.num_params / v.num_params:.3f} of the teacher), "
                   f"artifact {s.key}")
     return 0

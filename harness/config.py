@@ -97,6 +97,9 @@ class ExecutionSection(BaseModel):
     executor: str = "local"
     device: str = "auto"
     results_dir: str = "results"
+    threads: int | None = Field(
+        None, ge=1, description="torch threads of every worker, whatever the executor (unset: torch's default "
+                                "in the process that runs `bench run`); recorded in the manifest")
 
 
 class PlotsSection(_Strict):

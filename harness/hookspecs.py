@@ -4,9 +4,10 @@ A plugin module implements any of these with ``@hookimpl`` (``from harness impor
 hookimpl``) and is exposed through the ``bench`` entry-point group. Each register hook
 receives one callable, ``register(cls)``, and calls it once per class it offers.
 
-Lifecycle hooks are called in this order during ``bench run``: for each cell
-``bench_before_cell`` then ``bench_after_cell`` (in the process that stores results, in
-the order cells finish), and once at the end ``bench_run_finished``.
+Lifecycle hooks are called by the runner, in the process that stores results, during
+``bench run``: ``bench_before_cell`` for each cell of a work unit when the executor takes
+the unit, ``bench_after_cell`` for each cell once its rows are stored (in the order cells
+finish), and once at the end ``bench_run_finished``.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def bench_register_plots(register: Register) -> None:
 
 @hookspec
 def bench_before_cell(cell: Any) -> None:
-    """Called just before a cell's results are computed (in the storing process).
+    """Called before a cell's results are computed: when the executor takes its work unit
+    (the ``local`` executor: just before the unit runs; ``ray``: when the run starts).
 
     :param cell: the :class:`harness.planner.Cell` about to run.
     """

@@ -83,6 +83,21 @@ class VariantSpec:
         )
 
 
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How a cell's samples are drawn beyond its axes (sampler, steps, CFG scale): the
+    ``[sampling]`` section's values (defaults live there, in
+    :class:`harness.config.SamplingSection`), or a ``sampling.*`` axis's."""
+
+    num_samples: int
+    batch_size: int
+    trajectory_samples: int
+    cfg_batching: str
+    warmup: bool
+    dtype: str
+    compile: str
+
+
 @dataclass
 class Cell:
     """One point of the matrix."""
@@ -91,7 +106,7 @@ class Cell:
     cell_id: str
     name: str
     variant: VariantSpec
-    sampling: dict[str, Any]
+    sampling: SamplingSettings
     metric_options: dict[str, dict[str, Any]]
     #: hash of the metric list and options: a stored cell whose key differs is recomputed
     #: (from the caches: only the new metrics run) and its old fragment superseded
@@ -102,12 +117,8 @@ class Cell:
         return self.variant.role
 
     def reference_axes(self) -> dict[str, Any]:
-        ref = dict(self.axes)
-        ref.update(size_factor=None, pruning_method="none", pruning_rate=0.0)
-        for key in ref:
-            if key.startswith("pruners."):
-                ref[key] = None
-        return ref
+        """The axes of this cell's reference cell (the teacher under the same sampling)."""
+        return reference_point(self.axes)
 
     def option_columns(self) -> dict[str, Any]:
         """The swept plugin options (dotted axes) of this cell, as result columns."""
@@ -120,6 +131,16 @@ class WorkUnit:
 
     variant: VariantSpec
     cells: list[Cell] = field(default_factory=list)
+
+
+def reference_point(point: dict[str, Any]) -> dict[str, Any]:
+    """``point`` with the variant axes of the reference: no student, no pruning."""
+    ref = dict(point)
+    ref.update(size_factor=None, pruning_method="none", pruning_rate=0.0)
+    for key in ref:
+        if key.startswith("pruners."):
+            ref[key] = None
+    return ref
 
 
 def _defaults(cfg: BenchConfig) -> dict[str, Any]:
@@ -178,12 +199,7 @@ def expand_points(cfg: BenchConfig) -> list[dict[str, Any]]:
     # every cell's reference (the teacher under the same sampling) is part of the matrix
     with_refs: list[dict[str, Any]] = []
     for p in points:
-        ref = dict(p)
-        ref.update(size_factor=None, pruning_method="none", pruning_rate=0.0)
-        for key in ref:
-            if key.startswith("pruners."):
-                ref[key] = None
-        with_refs.extend([ref, p])
+        with_refs.extend([reference_point(p), p])
     seen: dict[str, dict[str, Any]] = {}
     for p in with_refs:
         seen.setdefault(canonical_json(p), p)
@@ -271,7 +287,8 @@ def plan_cells(cfg: BenchConfig) -> list[Cell]:
             {"common": common_hash, "axes": point, "variant": [variant.pruner_options], "sampling": in_id}, 12
         )
         content_key = stable_hash([sorted(metric_options.items()), sorted(timing.items())], 12)
-        cells.append(Cell(point, cell_id, cell_name(cfg, point), variant, sampling, metric_options, content_key))
+        cells.append(Cell(point, cell_id, cell_name(cfg, point), variant, SamplingSettings(**sampling),
+                          metric_options, content_key))
     return cells
 
 

@@ -16,14 +16,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from harness import writegate
 from harness.cache import ArtifactCache
 from harness.config import BenchConfig, load_matrix
-from harness.planner import Cell, group_units, plan_cells
+from harness.planner import Cell, WorkUnit, group_units, plan_cells
 from harness.registry import build_registry, get_plugin_manager
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,9 @@ def _versions(cfg: BenchConfig) -> dict[str, str]:
     return versions
 
 
-def manifest(cfg: BenchConfig, argv: list[str] | None) -> dict[str, Any]:
-    from harness.engine import resolve_device
-
+def manifest(cfg: BenchConfig, argv: list[str] | None, threads: int) -> dict[str, Any]:
     import harness
+    from harness.session import resolve_device
 
     return {
         "benchmark": cfg.benchmark.name,
@@ -109,6 +108,7 @@ def manifest(cfg: BenchConfig, argv: list[str] | None) -> dict[str, Any]:
             "diffbench": _git_commit(Path(harness.__file__).resolve().parent),
         },
         "device": str(resolve_device(cfg.execution.device)),
+        "threads": threads,
         "host": platform.node(),
         "argv": argv or sys.argv,
         "start_time": dt.datetime.now(dt.timezone.utc).isoformat(),
@@ -137,39 +137,30 @@ def plan(
 
 
 def _stage_counts(cfg: BenchConfig, todo: list[Cell]) -> dict[str, dict[str, int]]:
-    from harness.engine import TRAJECTORY_REQS, Engine
+    from harness.metric_values import TRAJECTORY_REQS
+    from harness.worker import Stages
 
-    engine = Engine(cfg, cache_dir(cfg))
-    metrics = engine.metric_objects(todo[0]) if todo else []
+    stages = Stages(cfg, cache_dir(cfg))
+    metrics = stages.metrics.objects(todo[0]) if todo else []
     want_traj = any(type(m).requires & TRAJECTORY_REQS for _, m in metrics)
     counts: dict[str, Counter[str]] = {"train": Counter(), "prune": Counter(), "sample": Counter()}
     seen_variants: set[Any] = set()
     seen_samples: set[str] = set()
     for cell in todo:
         for spec in {cell.variant, cell.variant.reference()}:
-            chain = []
-            s: Any = spec
-            while s is not None:
-                chain.append(s)
-                s = s.parent()
-            for v in chain:
-                if v in seen_variants:
-                    continue
+            v: Any = spec
+            while v is not None and v not in seen_variants:  # the variant and its ancestors
                 seen_variants.add(v)
-                cached = engine.cache.exists("model", engine.variant_key(v))
                 stage = "prune" if v.pruning_method != "none" else "train"
-                counts[stage]["cached" if cached else "to do"] += 1
-            key_t = engine.cache.key("samples", engine.sample_config(engine.variant_key(spec), cell, True))
-            key_p = engine.cache.key("samples", engine.sample_config(engine.variant_key(spec), cell, False))
-            key = key_t if want_traj else key_p
-            if key in seen_samples:
-                continue
-            seen_samples.add(key)
-            cached = engine.cache.exists("samples", key_t) or (not want_traj and engine.cache.exists("samples", key_p))
-            counts["sample"]["cached" if cached else "to do"] += 1
+                counts[stage]["cached" if stages.variants.is_stored(v) else "to do"] += 1
+                v = v.parent()
+            key = stages.samples.key(spec, cell, want_traj)
+            if key not in seen_samples:
+                seen_samples.add(key)
+                cached = stages.samples.is_stored(spec, cell, want_traj)
+                counts["sample"]["cached" if cached else "to do"] += 1
     out = {k: {"to do": v["to do"], "cached": v["cached"]} for k, v in counts.items()}
-    images = counts["sample"]["to do"] * cfg.sampling.num_samples
-    out["sample"]["images to generate"] = images
+    out["sample"]["images to generate"] = counts["sample"]["to do"] * cfg.sampling.num_samples
     out["metrics"] = {"to do": len(todo) * len(metrics)}
     return out
 
@@ -186,9 +177,10 @@ def run(
     argv: list[str] | None = None,
 ) -> RunSummary:
     """Run (or resume) a matrix and return what happened."""
-    from harness.engine import UnitWorker
     from harness.progress import Progress
+    from harness.session import default_threads
     from harness.store import ResultStore
+    from harness.worker import UnitWorker
 
     t0 = time.perf_counter()
     pm = get_plugin_manager()
@@ -207,61 +199,66 @@ def run(
                 print(f"{cfg.benchmark.name}: all {len(cells)} cells already stored (use --force to recompute)",
                       file=stream or sys.stderr)
             return summary
-        executor_cls = registry.get("executors", cfg.execution.executor, "execution.executor")
-        executor = executor_cls(**cfg.executor_options)
+        executor = registry.get("executors", cfg.execution.executor, "execution.executor")(**cfg.executor_options)
         # leftovers of killed runs: temporary files whose writer is gone (never live ones)
         removed = store.clean_partial() + ArtifactCache(cache_dir(cfg)).clean_partial()
         if removed:
             log.info("removed %d temporary file(s) of interrupted writes", removed)
-        run_handle = store.new_run(manifest(cfg, argv))
+        threads = cfg.execution.threads or default_threads()
+        run_handle = store.new_run(manifest(cfg, argv, threads))
         # swept plugin options become columns; type them from all their values at once
         run_handle.declare_columns({k: [*v, *(d[k] for d in cfg.include if k in d)]
                                     for k, v in cfg.axes.items() if "." in k})
         summary.run_id, summary.run_dir = run_handle.run_id, run_handle.path
         # absolute paths: executors may run the worker in other processes, cwds and machines
         worker = UnitWorker(str(Path(matrix).resolve()), list(overrides or []), str(cfg.results_dir.resolve()),
-                            str(cache_dir(cfg).resolve()), cfg=cfg)
+                            str(cache_dir(cfg).resolve()), threads, cfg=cfg)
         with Progress(len(todo), stream=stream, interactive=interactive, quiet=quiet) as progress:
             if summary.skipped:
                 progress.message(f"{summary.skipped} of {len(cells)} cells already stored; running {len(todo)}")
             worker.progress = progress
+            _execute(cfg, executor, group_units(todo), worker, run_handle, pm, progress, summary, fail_fast)
+        summary.seconds = time.perf_counter() - t0
+        totals = {"ok": summary.ok, "error": summary.error, "skipped": summary.skipped, "seconds": summary.seconds}
+        run_handle.finish(end_time=dt.datetime.now(dt.timezone.utc).isoformat(), summary=totals)
+    pm.hook.bench_run_finished(run_dir=run_handle.path, summary=totals)
+    return summary
 
-            def started(cell: Cell) -> None:
+
+def _execute(cfg: BenchConfig, executor: Any, units: list[WorkUnit], worker: Any, run_handle: Any,
+             pm: Any, progress: Any, summary: RunSummary, fail_fast: bool) -> None:
+    """Hand the units to the executor and store each cell's rows as they arrive.
+
+    The runner, not the executor, calls the lifecycle hooks: ``bench_before_cell`` for a
+    unit's cells when the executor takes the unit (``units`` is consumed lazily: the
+    local executor takes a unit just before it runs it, ``ray`` takes all of them at
+    once to schedule them), ``bench_after_cell`` once a cell's rows are stored.
+    """
+
+    def handed_out() -> Iterator[WorkUnit]:
+        for unit in units:
+            for cell in unit.cells:
                 progress.cell_started(cell.name)
                 pm.hook.bench_before_cell(cell=cell)
+            yield unit
 
-            worker.on_start = started
-            results = executor.run(group_units(todo), worker)
-            try:
-                # the background writers start their jobs while plugin work runs, not while
-                # this thread does the harness's bookkeeping (see harness.writegate)
-                with writegate.closed():
-                    for result in results:
-                        _store_result(cfg, run_handle, result, pm)
-                        progress.cell_done(result.cell.name, result.status, result.duration_s, result.error)
-                        if result.status == "ok":
-                            summary.ok += 1
-                        else:
-                            summary.error += 1
-                            summary.errors.append(f"{result.cell.name}: {result.error}")
-                            if fail_fast:
-                                progress.message("stopping at the first failed cell (--fail-fast)")
-                                break
-            finally:
-                close = getattr(results, "close", None)
-                if close is not None:
-                    close()
-        summary.seconds = time.perf_counter() - t0
-        run_handle.finish(
-            end_time=dt.datetime.now(dt.timezone.utc).isoformat(),
-            summary={"ok": summary.ok, "error": summary.error, "skipped": summary.skipped,
-                     "seconds": summary.seconds},
-        )
-    pm.hook.bench_run_finished(
-        run_dir=run_handle.path,
-        summary={"ok": summary.ok, "error": summary.error, "skipped": summary.skipped, "seconds": summary.seconds},
-    )
-    return summary
+    results = executor.run(handed_out(), worker)
+    try:
+        for result in results:
+            _store_result(cfg, run_handle, result, pm)
+            progress.cell_done(result.cell.name, result.status, result.duration_s, result.error)
+            if result.status == "ok":
+                summary.ok += 1
+                continue
+            summary.error += 1
+            summary.errors.append(f"{result.cell.name}: {result.error}")
+            if fail_fast:
+                progress.message("stopping at the first failed cell (--fail-fast)")
+                break
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
 
 
 def _is_stored(cell: Cell, frags: dict[str, Any]) -> bool:
@@ -274,9 +271,7 @@ def _is_stored(cell: Cell, frags: dict[str, Any]) -> bool:
 
 def _store_result(cfg: BenchConfig, run_handle: Any, result: Any, pm: Any) -> None:
     now = dt.datetime.now(dt.timezone.utc)
-    rows = [{**r, "benchmark": cfg.benchmark.name, "run_id": run_handle.run_id, "timestamp": now} for r in result.rows]
-    # wait=False: the fsync of this fragment overlaps the next cell's work; the store
-    # flushes before the lock is released and before the manifest is finished
-    run_handle.write_cell(result.cell.cell_id, rows, wait=False, content_key=result.cell.content_key)
+    rows = [{**r.as_dict(), "benchmark": cfg.benchmark.name, "run_id": run_handle.run_id, "timestamp": now}
+            for r in result.rows]
+    run_handle.write_cell(result.cell.cell_id, rows, content_key=result.cell.content_key)
     pm.hook.bench_after_cell(cell=result.cell, rows=rows)
-

@@ -14,6 +14,8 @@ with a ``blob`` key (bytes).
 from __future__ import annotations
 
 import io
+import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -113,3 +115,55 @@ def decode_blob(blob: bytes | bytearray | memoryview) -> np.ndarray:
     import numpy as np
 
     return np.load(io.BytesIO(bytes(blob)), allow_pickle=False)
+
+
+@dataclass
+class ResultRow:
+    """One stored row: a field per schema column (:data:`COLUMNS`, same names and order),
+    plus ``options``, the cell's swept plugin options (one extra column each).
+
+    ``benchmark``, ``run_id`` and ``timestamp`` are filled in by the runner when it stores
+    the row; everything else by the worker.
+    """
+
+    cell_id: str
+    cell_name: str
+    role: str
+    model: str
+    size_factor: float
+    size_tier: str
+    pruning_method: str
+    pruning_rate: float
+    cfg_scale: float
+    sampler: str
+    steps: int
+    seed: int
+    dataset: str
+    num_samples: int
+    metric: str
+    status: str
+    value: float = math.nan
+    param_ratio: float = math.nan
+    sparsity: float = math.nan
+    reference: str | None = None
+    num_reference: int | None = None
+    num_params: int | None = None
+    nonzero_params: int | None = None
+    macs: float = math.nan
+    speedup: float = math.nan
+    timestep: float = math.nan
+    higher_is_better: bool | None = None
+    error: str | None = None
+    duration_s: float = math.nan
+    blob: bytes | None = None
+    benchmark: str | None = None
+    run_id: str | None = None
+    timestamp: Any = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as the store and the ``bench_after_cell`` hook take it: schema columns in
+        schema order, then one key per swept option."""
+        row = {name: getattr(self, name) for name in COLUMNS}
+        row.update(self.options)
+        return row

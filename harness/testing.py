@@ -236,7 +236,7 @@ class MetricContract(_NameContract):
         )
 
     def _compute(self, cache: Any) -> list[dict[str, Any]]:
-        from harness.engine import normalise_metric_result
+        from harness.metric_values import normalise_metric_result
 
         ctx = metric_context(cache)
         try:

@@ -12,7 +12,7 @@ from torch import nn
 from harness.attention import HeadPrunedAttention
 from harness.base import PruneContext
 from harness.cache import ArtifactCache
-from harness.engine import measure_macs
+from harness.sizes import measure_macs
 from harness.modelio import count_params, net_state, restore_net
 from harness.testing import prune_context
 from plugins.models.unet import UNetFamily, capture_attention

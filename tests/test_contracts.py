@@ -41,7 +41,7 @@ def _tiny_unet(self: Any) -> Any:
 #: class attributes that adapt a contract to one plugin (keyed by kind, name)
 def _compute_on_tiny_unet(self: Any, cache: Any) -> Any:
     """attention_maps needs a model with attention: the synthetic stand-in has none."""
-    from harness.engine import normalise_metric_result
+    from harness.metric_values import normalise_metric_result
     from harness.testing import metric_context
 
     ctx = metric_context(cache)

@@ -1,5 +1,8 @@
 """The ``ray`` executor: the same rows as ``local``, hooks, dependencies, retries, cancelling.
 
+Cancelling (``--fail-fast``) and dependency order are checked against the stand-in of
+Ray's API (deterministic, no timing); rows, hooks, retries and failures on a real Ray.
+
 One small local Ray instance (2 CPUs, no dashboard) serves the whole module; the
 executor reuses an instance it did not start and leaves it running. Starting and
 stopping its own instance is checked against a stand-in of Ray's API (a real start
@@ -14,7 +17,8 @@ import logging
 import math
 import os
 import sys
-import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,7 +32,7 @@ import harness  # noqa: E402
 from harness import hookimpl, runner  # noqa: E402
 from harness.cli import main  # noqa: E402
 from harness.config import load_matrix  # noqa: E402
-from harness.engine import UnitWorker  # noqa: E402
+from harness.worker import UnitWorker  # noqa: E402
 from harness.errors import UserError  # noqa: E402
 from harness.planner import group_units, plan_cells  # noqa: E402
 from harness.store import fragment_files  # noqa: E402
@@ -95,7 +99,7 @@ def ray_instance() -> Any:
 
 
 def _import_the_harness() -> None:
-    import harness.engine  # noqa: F401 - torch and the engine, as every unit's task needs them
+    import harness.worker  # noqa: F401 - torch and the stages, as every unit's task needs them
     import plugins.executors.ray_executor  # noqa: F401
 
 
@@ -178,6 +182,60 @@ def test_fail_fast_stops_a_ray_run_at_the_first_failed_cell(ray_instance, tmp_pa
 # ----------------------------------------------------------------------------- the executor itself
 
 
+@dataclass(frozen=True)
+class Root:
+    """A variant with no parent: what the stand-in units carry."""
+
+    name: str
+
+    def parent(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class Child:
+    """A variant derived from the teacher's (``Root("teacher")``)."""
+
+    name: str
+
+    def parent(self) -> Root:
+        return Root("teacher")
+
+
+@dataclass
+class Unit:
+    variant: Any
+    cells: list[str]
+
+
+def units(*names: str) -> list[Unit]:
+    """One stand-in work unit per name, whose only cell is the name."""
+    return [Unit(Root(n), [n]) for n in names]
+
+
+class CellWorker:
+    """A worker (the executor's Worker protocol) that maps ``cell(name)`` over a unit's cells."""
+
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.identity = uuid.uuid4().hex  # never reused in place of another worker
+
+    def cell(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def __call__(self, unit: Any) -> list[Any]:
+        return [self.cell(c) for c in unit.cells]
+
+    def error_results(self, unit: Any, message: str, duration: float = 0.0) -> list[Any]:
+        return [f"error: {message}" for _ in unit.cells]
+
+
+class Upper(CellWorker):
+    def cell(self, name: str) -> str:
+        return name.upper()
+
+
 def _attempt(folder: Path, name: str) -> int:
     """Count one attempt at ``name`` in ``folder`` (shared by the driver and the workers)."""
     with open(folder / f"{name}.attempts", "a") as fh:
@@ -185,16 +243,17 @@ def _attempt(folder: Path, name: str) -> int:
     return (folder / f"{name}.attempts").stat().st_size
 
 
-class DiesOnce:
+class DiesOnce(CellWorker):
     """Kills its worker process on the first attempt at each unit."""
 
     def __init__(self, folder: Path) -> None:
+        super().__init__()
         self.folder = folder
 
-    def __call__(self, unit: str) -> list[str]:
-        if _attempt(self.folder, unit) == 1:
+    def cell(self, name: str) -> str:
+        if _attempt(self.folder, name) == 1:
             os._exit(1)
-        return [unit.upper()]
+        return name.upper()
 
 
 class AlwaysRaises(UnitWorker):
@@ -207,65 +266,38 @@ class AlwaysRaises(UnitWorker):
         raise RuntimeError("boom")
 
 
-class RecordsTimes:
-    """Sleeps in the reference unit and records when each unit ran."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def __call__(self, unit: Any) -> list[Any]:
-        start = time.time()
-        if unit.variant.is_reference:
-            time.sleep(1.0)
-        v = unit.variant
-        (self.folder / f"{v.role}-{v.pruning_method}-{v.pruning_rate}").write_text(f"{start} {time.time()}")
-        return []
-
-
-def _square_slowly(unit: str) -> list[str]:
-    if unit.startswith("slow"):
-        time.sleep(120)
-    return [unit]
-
-
 def test_a_dead_worker_is_retried_once(ray_instance, tmp_path):
-    assert list(RayExecutor(max_retries=1).run(["a"], DiesOnce(tmp_path))) == ["A"]
+    assert list(RayExecutor(max_retries=1).run(units("a"), DiesOnce(tmp_path))) == ["A"]
     assert _attempt(tmp_path, "a") - 1 == 2  # died once, then succeeded
 
 
 def test_a_unit_that_keeps_failing_becomes_error_results(ray_instance, tmp_path):
     cfg = load_matrix(SYNTHETIC, MATRIX)
     units = group_units(plan_cells(cfg))[:1]  # the reference unit
-    worker = AlwaysRaises(str(SYNTHETIC), MATRIX, str(tmp_path), str(tmp_path / ".cache"), cfg=cfg)
+    worker = AlwaysRaises(str(SYNTHETIC), MATRIX, str(tmp_path), str(tmp_path / ".cache"), 1, cfg=cfg)
     worker.folder = tmp_path
     results = list(RayExecutor(max_retries=1).run(units, worker))
     assert [r.cell for r in results] == units[0].cells
     assert {r.status for r in results} == {"error"}
     assert {r.error for r in results} == {"RuntimeError: boom (on Ray, 2 attempt(s))"}
-    for r in results:  # the engine's error rows: one per metric, NaN values
-        assert [row["metric"] for row in r.rows] == ["synthetic_quality", "generation_time"]
-        assert all(math.isnan(row["value"]) and row["status"] == "error" for row in r.rows)
+    for r in results:  # the worker's error rows: one per metric, NaN values
+        assert [row.metric for row in r.rows] == ["synthetic_quality", "generation_time"]
+        assert all(math.isnan(row.value) and row.status == "error" for row in r.rows)
     assert _attempt(tmp_path, "unit") - 1 == 2
 
 
-def test_units_wait_for_the_unit_that_builds_their_variant(ray_instance, tmp_path):
-    units = group_units(plan_cells(load_matrix(SYNTHETIC, MATRIX)))
-    deps = unit_dependencies(units)
-    assert deps[0] == set() and all(d == {0} for d in deps[1:])
-    assert list(RayExecutor().run(units, RecordsTimes(tmp_path))) == []
-    times = {p.name: [float(x) for x in p.read_text().split()] for p in tmp_path.iterdir()}
-    reference_end = times.pop("reference-none-0.0")[1]
-    assert len(times) == 4 and all(start >= reference_end for start, _ in times.values())
-
-
-def test_closing_the_results_cancels_outstanding_tasks(ray_instance):
-    results = RayExecutor().run(["fast", "slow1", "slow2", "slow3"], _square_slowly)
-    assert next(results) == "fast"
-    results.close()  # what --fail-fast does
-    # both CPUs are free again at once: the sleeping tasks were interrupted, the queued one dropped
-    t0 = time.perf_counter()
-    assert sorted(RayExecutor().run(["a", "b"], _square_slowly)) == ["a", "b"]
-    assert time.perf_counter() - t0 < 60
+def test_units_wait_for_the_unit_that_builds_their_variant(monkeypatch):
+    real = group_units(plan_cells(load_matrix(SYNTHETIC, MATRIX)))
+    deps = unit_dependencies(real)
+    assert deps[0] == set() and all(d == {0} for d in deps[1:])  # everything waits for the teacher
+    fake = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    # the teacher's unit listed second: the first waits for it, the third too
+    work = [Unit(Child("a"), ["a"]), Unit(Root("teacher"), ["teacher"]), Unit(Child("b"), ["b"])]
+    assert list(RayExecutor().run(work, Upper())) == ["TEACHER", "A", "B"]
+    order = [c for c in fake.calls if c[0] in ("submit", "get")]
+    assert order[:2] == [("submit", "teacher"), ("get", ["TEACHER"])]  # nothing else before its result
+    assert sorted(order[2:]) == [("get", ["A"]), ("get", ["B"]), ("submit", "a"), ("submit", "b")]
 
 
 # ----------------------------------------------------------------------------- without Ray
@@ -320,9 +352,9 @@ class FakeRay:
                 fake.calls.append(("options", options))
                 return self
 
-            def remote(self, work: Any, unit: Any, threads: int) -> Any:
-                fake.calls.append(("threads", threads))
-                return FakeRef(fn(work, unit, threads))
+            def remote(self, worker: Any, unit: Any) -> Any:
+                fake.calls.append(("submit", unit.cells[0]))
+                return FakeRef(fn(worker, unit))
 
         return Remote()
 
@@ -330,6 +362,7 @@ class FakeRay:
         return refs[:num_returns], refs[num_returns:]
 
     def get(self, ref: Any) -> Any:
+        self.calls.append(("get", ref.value))
         return ref.value
 
     def cancel(self, ref: Any) -> None:
@@ -341,14 +374,10 @@ class FakeRef:
         self.value = value
 
 
-def _upper(unit: str) -> list[str]:
-    return [unit.upper()]
-
-
 def test_a_local_instance_is_started_for_the_run_and_shut_down(monkeypatch):
     fake = FakeRay()
     monkeypatch.setitem(sys.modules, "ray", fake)
-    got = list(RayExecutor(max_workers=3, num_cpus=0.5, max_retries=2).run(["a", "b"], _upper))
+    got = list(RayExecutor(max_workers=3, num_cpus=0.5, max_retries=2).run(units("a", "b"), Upper()))
     assert got == ["A", "B"]
     kinds = [kind for kind, _ in fake.calls]
     assert kinds[0] == "init" and kinds[-1] == "shutdown" and not fake.initialized
@@ -358,13 +387,12 @@ def test_a_local_instance_is_started_for_the_run_and_shut_down(monkeypatch):
     options = [o for kind, o in fake.calls if kind == "options"]
     assert {(o["num_cpus"], o["num_gpus"], o["max_retries"], o["retry_exceptions"]) for o in options} == {
         (0.5, 0.0, 2, True)}
-    assert {t for kind, t in fake.calls if kind == "threads"} == {1}  # torch threads: at least 1
 
 
 def test_a_cluster_is_joined_and_left_but_not_stopped(monkeypatch):
     fake = FakeRay()
     monkeypatch.setitem(sys.modules, "ray", fake)
-    results = RayExecutor(address="auto", init_kwargs={"namespace": "bench"}).run(["a", "b", "c"], _upper)
+    results = RayExecutor(address="auto", init_kwargs={"namespace": "bench"}).run(units("a", "b", "c"), Upper())
     assert next(results) == "A"
     results.close()  # --fail-fast: the other tasks are cancelled, then the driver disconnects
     init = fake.calls[0][1]
@@ -378,14 +406,14 @@ def test_a_ray_that_cannot_start_is_one_line(monkeypatch):
     fake = FakeRay(fail_init=Exception("The current node timed out during startup.\nThis could happen ..."))
     monkeypatch.setitem(sys.modules, "ray", fake)
     with pytest.raises(UserError) as err:
-        list(RayExecutor().run(["a"], _upper))
+        list(RayExecutor().run(units("a"), Upper()))
     assert str(err.value) == ("execution.executor: 'ray' could not start a local Ray instance: "
                               "Exception: The current node timed out during startup. This could happen ...")
     fake = FakeRay(fail_init=ConnectionError("Could not find any running Ray instance."))
     monkeypatch.setitem(sys.modules, "ray", fake)
     with pytest.raises(UserError, match=r"^execution.address: cannot connect to the Ray cluster at 'auto': "
                                         r"ConnectionError: Could not find any running Ray instance.$"):
-        list(RayExecutor(address="auto").run(["a"], _upper))
+        list(RayExecutor(address="auto").run(units("a"), Upper()))
 
 
 def test_a_gpu_request_a_local_instance_cannot_meet_stops_the_run(monkeypatch):
@@ -393,7 +421,7 @@ def test_a_gpu_request_a_local_instance_cannot_meet_stops_the_run(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", fake)
     with pytest.raises(UserError, match=r"^execution.num_gpus: each task requests 1 GPU\(s\) but the Ray cluster "
                                         r"has 0; set num_gpus = 0 or device = \"cpu\"$"):
-        list(RayExecutor(num_gpus=1).run(["a"], _upper))
+        list(RayExecutor(num_gpus=1).run(units("a"), Upper()))
     assert fake.calls[-1] == ("shutdown", None)  # the instance it started is stopped
 
 
@@ -401,6 +429,30 @@ def test_a_gpu_request_a_local_instance_cannot_meet_stops_the_run(monkeypatch):
     ("cpu", 2, 0.0), ("cuda", 0, 1.0), ("cuda:1", 0, 1.0), ("auto", 0, 0.0), ("auto", 2, 1.0)])
 def test_gpus_per_task_follow_the_device(device, cluster_gpus, expected):
     fake = FakeRay(resources={"CPU": 2.0, "GPU": float(cluster_gpus)})
-    work = SimpleNamespace(config=SimpleNamespace(execution=SimpleNamespace(device=device)))
+    work = SimpleNamespace(device=device)
     assert RayExecutor()._gpus_per_task(fake, work) == expected
     assert RayExecutor(num_gpus=0.5)._gpus_per_task(fake, work) == 0.5
+
+
+# ----------------------------------------------------------------------------- the same numbers on a real model
+
+QUICKSTART = REPO / "benchmarks" / "quickstart.toml"
+#: a tiny quickstart: one teacher epoch, one student, few samples, two threads per worker
+#: (training results depend on the thread count: the run's one setting must reach Ray's workers)
+TINY_UNET = ["model.train.epochs=1", "model.distill.epochs=1", "matrix.size_factor=[0.5]", "matrix.cfg_scale=[3.0]",
+             "matrix.seed=[0]", "sampling.num_samples=16", "sampling.steps=5",
+             'metrics.names=["fid_digits", "feature_distance"]', "execution.threads=2"]
+
+
+def test_the_executor_does_not_change_the_numbers_of_a_unet(ray_instance, tmp_path):
+    frames = {}
+    for name, extra in (("local", []), ("ray", RAY)):
+        summary = runner.run(QUICKSTART, [*TINY_UNET, *extra], results_dir=str(tmp_path / name),
+                             stream=io.StringIO(), interactive=False)
+        assert (summary.ok, summary.error) == (2, 0)
+        assert pd.read_json(summary.run_dir / "_manifest.json", typ="series")["threads"] == 2
+        frames[name] = _comparable(harness.load_results(tmp_path / name))
+    local, remote = frames["local"], frames["ray"]
+    assert len(local) == 4 and local["value"].notna().all()
+    pd.testing.assert_series_equal(remote["value"], local["value"], rtol=1e-6, atol=0)
+    pd.testing.assert_frame_equal(remote.drop(columns="value"), local.drop(columns="value"))

@@ -12,7 +12,7 @@ import torch
 import harness
 from harness import runner
 from harness.base import Conditions
-from harness.engine import sample_with_backoff, sampling_mode
+from harness.samples import sample_with_backoff, sampling_mode
 from plugins.models.synthetic import SyntheticModel
 from plugins.models.unet import UNetFamily
 

@@ -19,7 +19,7 @@ import torch
 
 from harness.base import Conditions, MetricContext
 from harness.cli import main
-from harness.engine import normalise_metric_result
+from harness.metric_values import normalise_metric_result
 from harness.errors import CellError
 from harness.planner import Cell, VariantSpec
 from harness.schema import COLUMNS, decode_blob, encode_blob

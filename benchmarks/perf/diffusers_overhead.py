@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         args.images, args.steps, args.batch, args.repeats, args.size = 2, 2, 2, 1, 8
 
     from harness.base import Conditions
-    from harness.engine import resolve_device
+    from harness.session import resolve_device
     from harness.testing import tiny_sd_pipeline
     from plugins.models.diffusers_model import DiffusersFamily
 

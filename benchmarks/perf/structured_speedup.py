@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         args.images, args.steps, args.repeats = 8, 2, 1
 
     from harness.base import Conditions, ImageBatch, PruneContext
-    from harness.engine import measure_macs, resolve_device
+    from harness.session import resolve_device
+    from harness.sizes import measure_macs
     from harness.registry import build_registry
 
     device = resolve_device(args.device)

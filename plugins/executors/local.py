@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from harness.base import Executor
+from harness.base import Executor, Worker, WorkUnit
 
 
 class LocalExecutor(Executor):
@@ -17,6 +17,6 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def run(self, units: Sequence[Any], work: Callable[[Any], Iterable[Any]]) -> Iterator[Any]:
+    def run(self, units: Iterable[WorkUnit], worker: Worker) -> Iterator[Any]:
         for unit in units:
-            yield from work(unit)
+            yield from worker(unit)

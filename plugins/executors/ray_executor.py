@@ -12,8 +12,8 @@ Scheduling (see docs/executors.md):
 - results come back to this process, which stores them (workers write only artifacts
   to the shared cache); a task that raises or whose worker dies is retried
   ``max_retries`` times by Ray, then every cell of its unit is recorded as an error;
-- ``bench_before_cell`` (through ``work.on_start``, which does not travel with the
-  pickled worker) is called here when a unit is handed to Ray;
+- every task runs with the run's one thread count (the worker sets it: the same rows as
+  the ``local`` executor), whatever ``num_cpus`` it requests;
 - closing the iterator (``--fail-fast``, Ctrl-C) cancels the outstanding tasks, and a
   Ray instance started here is shut down at the end.
 """
@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.base import Executor
+from harness.base import Executor, Worker, WorkUnit
 from harness.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ class RayExecutor(Executor):
             # here, not in run(): the runner creates the executor before any work starts
             raise UserError(MISSING_RAY)
 
-    def run(self, units: Sequence[Any], work: Callable[[Any], Iterable[Any]]) -> Iterator[Any]:
+    def run(self, units: Iterable[WorkUnit], worker: Worker) -> Iterator[Any]:
         try:
             import ray
         except ImportError:
@@ -88,7 +87,7 @@ class RayExecutor(Executor):
             return
         started_here = self._connect(ray)
         try:
-            yield from self._schedule(ray, units, work, started_here)
+            yield from self._schedule(ray, units, worker, started_here)
         finally:
             if started_here:
                 # a local instance is stopped; a cluster we connected to is only disconnected
@@ -120,11 +119,10 @@ class RayExecutor(Executor):
             raise UserError(f"{where}: {describe_failure(exc)}") from None
         return True
 
-    def _gpus_per_task(self, ray: Any, work: Any) -> float:
+    def _gpus_per_task(self, ray: Any, worker: Worker) -> float:
         if self.options.num_gpus is not None:
             return float(self.options.num_gpus)
-        cfg = getattr(work, "config", None)
-        device = str(cfg.execution.device) if cfg is not None else "auto"
+        device = str(worker.device)
         if device == "cpu":
             return 0.0
         if device.startswith("cuda"):
@@ -145,9 +143,9 @@ class RayExecutor(Executor):
             log.warning("%s (waiting for the cluster to grow)", message)
 
     # ------------------------------------------------------------------ scheduling
-    def _schedule(self, ray: Any, units: list[Any], work: Any, started_here: bool) -> Iterator[Any]:
+    def _schedule(self, ray: Any, units: list[WorkUnit], worker: Worker, started_here: bool) -> Iterator[Any]:
         o = self.options
-        num_gpus = self._gpus_per_task(ray, work)
+        num_gpus = self._gpus_per_task(ray, worker)
         self._check_feasible(ray, num_gpus, started_here)
         remote = ray.remote(_run_unit)
         task_options = dict(
@@ -156,10 +154,8 @@ class RayExecutor(Executor):
             max_retries=o.max_retries,  # the worker died (killed for memory, segfault, lost node)
             retry_exceptions=True,  # the task raised (e.g. the matrix could not be loaded there)
         )
-        threads = max(1, int(o.num_cpus))
         deps = unit_dependencies(units)
-        on_start = getattr(work, "on_start", None)
-        work_ref = ray.put(work)  # pickled once (UnitWorker drops its in-process state)
+        worker_ref = ray.put(worker)  # pickled once (the worker drops its in-process state)
         waiting = list(range(len(units)))
         running: dict[Any, tuple[int, float]] = {}
         done: set[int] = set()
@@ -171,11 +167,8 @@ class RayExecutor(Executor):
                 if not deps[i] <= done:
                     continue
                 waiting.remove(i)
-                if on_start is not None:
-                    for cell in getattr(units[i], "cells", ()):
-                        on_start(cell)
                 task = remote.options(**task_options, name=f"diffbench:{_label(units[i])}")
-                ref = task.remote(work_ref, units[i], threads)
+                ref = task.remote(worker_ref, units[i])
                 running[ref] = (i, time.perf_counter())
 
         try:
@@ -187,7 +180,7 @@ class RayExecutor(Executor):
                     try:
                         results = ray.get(ref)
                     except Exception as exc:  # noqa: BLE001 - the task failed after its retries
-                        results = self._failed(units[i], work, exc, time.perf_counter() - t0)
+                        results = self._failed(units[i], worker, exc, time.perf_counter() - t0)
                     done.add(i)
                     # hand out the units that waited for this one before storing its results
                     submit_ready()
@@ -198,32 +191,25 @@ class RayExecutor(Executor):
             for ref in running:
                 ray.cancel(ref)  # queued tasks are dropped, running ones interrupted; neither is retried
 
-    def _failed(self, unit: Any, work: Any, exc: Exception, duration: float) -> list[Any]:
+    def _failed(self, unit: WorkUnit, worker: Worker, exc: Exception, duration: float) -> list[Any]:
         message = f"{describe_failure(exc)} (on Ray, {self.options.max_retries + 1} attempt(s))"
         log.info("%s: %s", _label(unit), message)  # the runner reports each failed cell
-        error_results = getattr(work, "error_results", None)
-        if error_results is None or not hasattr(unit, "cells"):
-            raise exc  # not a harness work unit: nothing to record the failure in
-        return list(error_results(unit, message, duration))
+        return list(worker.error_results(unit, message, duration))
 
 
 def unit_dependencies(units: Sequence[Any]) -> list[set[int]]:
     """For each unit, the indices of the units that build one of its ancestor variants.
 
-    Units without a ``variant`` (anything that is not a :class:`harness.planner.WorkUnit`)
-    depend on nothing. An ancestor that no unit of this run builds (its cells are stored
+    An ancestor that no unit of this run builds (its cells are stored
     already) is built, or loaded from the cache, by whichever task needs it first.
     """
     builder: dict[Any, int] = {}
     for i, unit in enumerate(units):
-        variant = getattr(unit, "variant", None)
-        if variant is not None:
-            builder.setdefault(variant, i)
+        builder.setdefault(unit.variant, i)
     deps: list[set[int]] = []
     for unit in units:
-        variant = getattr(unit, "variant", None)
         mine: set[int] = set()
-        parent = variant.parent() if variant is not None else None
+        parent = unit.variant.parent()
         while parent is not None:
             if parent in builder:
                 mine.add(builder[parent])
@@ -243,12 +229,12 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _label(unit: Any) -> str:
-    cells = getattr(unit, "cells", None)
-    if cells:
-        name = cells[0].name
-        return name if len(cells) == 1 else f"{name} +{len(cells) - 1} cells"
-    return str(unit)[:80]
+def _label(unit: WorkUnit) -> str:
+    cells = unit.cells
+    if not cells:
+        return "empty unit"
+    name = cells[0].name
+    return name if len(cells) == 1 else f"{name} +{len(cells) - 1} cells"
 
 
 def _ray_importable() -> bool:
@@ -261,32 +247,15 @@ def _ray_importable() -> bool:
 
 # ---------------------------------------------------------------------- in the Ray worker
 
-#: (key, worker) reused by the tasks that one Ray worker process runs for the same matrix,
-#: so the matrix is loaded and the teacher restored once per process, not once per unit
-_REUSED: list[tuple[tuple[Any, ...], Any]] = []
+#: (identity, worker) reused by the tasks that one Ray worker process runs for the same
+#: matrix, so the matrix is loaded and the teacher restored once per process, not per unit
+_REUSED: list[tuple[Any, Worker]] = []
 
 
-def _run_unit(work: Any, unit: Any, threads: int) -> list[Any]:
+def _run_unit(worker: Worker, unit: WorkUnit) -> list[Any]:
     """The Ray task: every cell of one unit (the results travel back pickled)."""
-    work = _reuse(work)
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        # Ray sets OMP_NUM_THREADS per task, but torch reads it once per process, and
-        # processes are reused by tasks of other sizes
-        torch.set_num_threads(threads)
-    return list(work(unit))
-
-
-def _reuse(work: Any) -> Any:
-    engine = sys.modules.get("harness.engine")  # imported by unpickling a UnitWorker; else torch is not needed
-    if engine is None or not isinstance(work, engine.UnitWorker):
-        return work
-    try:
-        stat = os.stat(work.cfg_path)
-    except OSError:
-        return work  # loading will fail with the usual one-line error
-    key = (work.cfg_path, tuple(work.overrides), work.results_dir, work.cache_dir, stat.st_mtime_ns, stat.st_size)
-    if _REUSED and _REUSED[0][0] == key:
-        return _REUSED[0][1]
-    _REUSED[:] = [(key, work)]
-    return work
+    if _REUSED and _REUSED[0][0] == worker.identity:
+        worker = _REUSED[0][1]
+    else:
+        _REUSED[:] = [(worker.identity, worker)]
+    return list(worker(unit))
