@@ -8,9 +8,10 @@ from torch import nn
 
 from harness.base import TrainContext
 from harness.cache import ArtifactCache
-from harness.diffusion import DistillConfig, ScheduledDiffusionModel, TrainConfig, evaluate_loss
+from harness.diffusion import ScheduledDiffusionModel
 from harness.errors import ConfigError
 from harness.registry import build_registry, get_plugin_manager
+from harness.training import DistillConfig, TrainConfig, evaluate_loss
 from plugins.datasets.digits import DigitsDataset
 from plugins.models.unet import UNet, UNetConfig, UNetFamily, count_arch_params, size_tier, student_config
 
