@@ -221,8 +221,6 @@ class Engine:
     """Builds variants, sample sets and metric rows for cells of one matrix."""
 
     def __init__(self, cfg: BenchConfig, cache_root: Path, progress: Any = None) -> None:
-        from harness import diffusion
-
         self.cfg = cfg
         self.cache = ArtifactCache(cache_root)
         self.device = resolve_device(cfg.execution.device)
@@ -242,8 +240,6 @@ class Engine:
         self._sample_meta: dict[tuple[str, str, bool], SampleSet] = {}
         self._noise: dict[tuple[Any, ...], torch.Tensor] = {}
         self._noise_bytes = 0
-        self._train_cls = diffusion.TrainConfig
-        self._distill_cls = diffusion.DistillConfig
 
     # ------------------------------------------------------------------ plugins
     def _overrides(self, spec: VariantSpec) -> dict[str, Any]:
@@ -290,15 +286,12 @@ class Engine:
     def train_config(self, spec: VariantSpec) -> Any:
         over = self._overrides(spec)
         table = {**self.cfg.train, **{k.split(".", 2)[2]: v for k, v in over.items() if k.startswith("model.train.")}}
-        return self._train_cls(**table)
+        return self.family(spec).train_config(table)
 
     def distill_config(self, spec: VariantSpec) -> Any:
         over = self._overrides(spec)
         table = {**self.cfg.distill, **{k.split(".", 2)[2]: v for k, v in over.items() if k.startswith("model.distill.")}}
-        distill = self._distill_cls(**table)
-        if distill.epochs is None:
-            distill = dataclasses.replace(distill, epochs=max(1, self.train_config(spec).epochs // 2))
-        return distill
+        return self.family(spec).distill_config(table, self.train_config(spec))
 
     def train_context(self, *seed_parts: Any) -> TrainContext:
         seed = derive_seed(self.cfg.benchmark.seed, *seed_parts)
@@ -320,12 +313,12 @@ class Engine:
                 "role": "teacher",
                 "dataset": self.dataset(spec).config_key(),
                 "model": fam.config_key(),
-                "train": dataclasses.asdict(self.train_config(spec)) if fam.trainable else None,
+                "train": options_dict(self.train_config(spec)) if fam.trainable else None,
                 "seed": self.cfg.benchmark.seed,
             }, None
         if spec.pruning_method == "none":
             return {"role": "student", "size_factor": spec.size_factor,
-                    "distill": dataclasses.asdict(self.distill_config(spec))}, parent_key
+                    "distill": options_dict(self.distill_config(spec))}, parent_key
         pruner = self.pruner(spec)
         return {"role": "pruned", "method": spec.pruning_method, "rate": spec.pruning_rate,
                 "options": options_dict(pruner.options),
