@@ -391,6 +391,11 @@ class ModelFamily(Plugin):
     - ``train_teacher(model, dataset, train, ctx)`` and ``distill_student(student,
       teacher, dataset, train, ctx)`` train in place and return the model (families of
       pretrained models, e.g. diffusers, return the model unchanged: ``trainable=False``).
+      ``train`` is what ``train_config`` / ``distill_config`` return.
+    - ``train_options`` / ``distill_options``: the dataclass (or pydantic model) of the
+      ``[model.train]`` / ``[model.distill]`` table, or None when the family has no such
+      stage (a matrix that gives the table is then an error). Each family declares its
+      own: the DDPM loop's options are the ``unet``'s, not every family's.
     - ``state(model)`` -> ``(tensors, meta)`` and ``restore(model_or_none, tensors, meta,
       dataset)`` round-trip a model through the artifact cache (safetensors + JSON),
       including physically pruned shapes.
@@ -399,10 +404,28 @@ class ModelFamily(Plugin):
     trainable: ClassVar[bool] = True
     supports_sizes: ClassVar[bool] = False
     samplers: ClassVar[tuple[str, ...]] = ("ddpm", "ddim")
+    train_options: ClassVar[type | None] = None
+    distill_options: ClassVar[type | None] = None
 
     @classmethod
     def kind_name(cls) -> str:
         return "model"
+
+    def train_config(self, table: dict[str, Any]) -> Any:
+        """The teacher's training options from the ``[model.train]`` table (None: no such stage).
+
+        Its ``dataclasses.asdict`` is part of the teacher's cache key.
+        """
+        return stage_options(type(self), "train", table)
+
+    def distill_config(self, table: dict[str, Any], train: Any) -> Any:
+        """The students' distillation options from ``[model.distill]``, resolved.
+
+        ``train`` is the teacher's :meth:`train_config`, for defaults that follow it (a
+        family overrides this to fill them in). Its ``dataclasses.asdict`` is part of the
+        students' cache keys.
+        """
+        return stage_options(type(self), "distill", table)
 
     def build(self, dataset: Dataset) -> DiffusionModel:
         raise NotImplementedError
@@ -427,6 +450,30 @@ class ModelFamily(Plugin):
 
     def config_key(self) -> dict[str, Any]:
         return {"name": self.name, "options": _options_dict(self.options)}
+
+
+#: the matrix-file table of each training stage -> the stage's name in error messages
+TRAIN_STAGES = {"train": "training", "distill": "distillation"}
+
+
+def stage_options(family: type[ModelFamily], stage: str, table: dict[str, Any]) -> Any:
+    """Validate the ``[model.<stage>]`` table against the family's declared options class.
+
+    :param stage: ``"train"`` or ``"distill"``.
+    :returns: the options object, or None for a family without that stage (and no table).
+    :raises ConfigError: one line naming ``model.<stage>``: an unknown key, a bad value,
+        or a table given to a family that has no such stage.
+    """
+    where = f"model.{stage}"
+    options_cls = family.train_options if stage == "train" else family.distill_options
+    if options_cls is None:
+        if table:
+            key = f"{where}.{next(iter(table))}"
+            raise ConfigError(f"{key}: model '{family.name}' has no {TRAIN_STAGES[stage]} stage; remove [{where}]")
+        return None
+    # validate_options reads a plugin's ``name`` (for messages) and ``Options``
+    holder = type("StageOptions", (), {"name": f"{family.name} {TRAIN_STAGES[stage]}", "Options": options_cls})
+    return validate_options(holder, dict(table), where)
 
 
 @dataclass

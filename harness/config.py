@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from harness.base import options_dict, validate_options
+from harness.base import options_dict, stage_options, validate_options
 from harness.errors import ConfigError, UserError, did_you_mean, valid_choices
 from harness.registry import Registry
 
@@ -373,8 +373,8 @@ class _Validator:
         if model_ok:
             self.check_paths("model", model_opts)
         family = reg.get("models", m.model.name) if model_ok else None
-        self._check_train(m.model.train, "model.train", "TrainConfig")
-        self._check_train(m.model.distill, "model.distill", "DistillConfig")
+        self._check_train(family, "train", m.model.train)
+        self._check_train(family, "distill", m.model.distill)
 
         if family is not None and m.sampling.sampler not in family.samplers:
             self.fail("sampling.sampler", f"'{m.sampling.sampler}' is not a sampler of model '{family.name}'"
@@ -460,16 +460,17 @@ class _Validator:
             registry=reg,
         )
 
-    def _check_train(self, table: dict[str, Any], where: str, cls_name: str) -> None:
-        from harness import diffusion
-
-        cls = getattr(diffusion, cls_name)
-        holder = type(cls_name, (), {"name": where, "Options": cls})
+    def _check_train(self, family: type | None, stage: str, table: dict[str, Any]) -> bool:
+        """Check the ``[model.<stage>]`` table against the family's declared options class
+        (``ModelFamily.train_options`` / ``distill_options``); False after a problem."""
+        if family is None:  # an unknown model is reported already; its options are unknown
+            return True
         try:
-            validate_options(holder, table, where)
+            stage_options(family, stage, table)
         except ConfigError as exc:
-            msg = str(exc).replace(f"'{where}'", "training")
-            self.problems.append(f"{self.path}: {msg}")
+            self.problems.append(f"{self.path}: {exc}")
+            return False
+        return True
 
     # -- axes ------------------------------------------------------------------------
     def _axes(self, m: MatrixFile, family: type | None) -> dict[str, list[Any]]:
@@ -587,12 +588,11 @@ class _Validator:
             return values
         # model.* / dataset.* : plugin options, or model.train.* / model.distill.*
         if prefix == "model" and len(parts) == 3 and parts[1] in ("train", "distill"):
-            cls_name = "TrainConfig" if parts[1] == "train" else "DistillConfig"
+            entry = self.registry.plugins["models"].get(m.model.name)
+            family = entry.cls if entry is not None else None
             table = dict(m.model.train if parts[1] == "train" else m.model.distill)
             for i, v in enumerate(values):
-                before = len(self.problems)
-                self._check_train({**table, parts[2]: v}, f"model.{parts[1]}", cls_name)
-                if len(self.problems) > before:
+                if not self._check_train(family, parts[1], {**table, parts[2]: v}):
                     self.problems[-1] = self.problems[-1].replace(f": model.{parts[1]}", f": {where}[{i}]: model.{parts[1]}", 1)
             return values
         if len(parts) != 2:

@@ -75,12 +75,12 @@ class VariantStage:
                 "role": "teacher",
                 "dataset": self.s.dataset(spec).config_key(),
                 "model": fam.config_key(),
-                "train": dataclasses.asdict(self.s.train_config(spec)) if fam.trainable else None,
+                "train": options_dict(self.s.train_config(spec)) if fam.trainable else None,
                 "seed": self.s.cfg.benchmark.seed,
             }, None
         if spec.pruning_method == "none":
             return {"role": "student", "size_factor": spec.size_factor,
-                    "distill": dataclasses.asdict(self.s.distill_config(spec))}, parent_key
+                    "distill": options_dict(self.s.distill_config(spec))}, parent_key
         pruner = self.pruner(spec)
         return {"role": "pruned", "method": spec.pruning_method, "rate": spec.pruning_rate,
                 "options": options_dict(pruner.options),

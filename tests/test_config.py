@@ -505,6 +505,34 @@ def test_bad_training_options_are_one_line_errors(override, message, bench_error
     assert bench_errors(quickstart, "--set", override) == [f"{quickstart}: {message}"]
 
 
+def test_unknown_training_option_is_named_with_the_familys_stage(bench_errors):
+    quickstart = Path(__file__).resolve().parents[1] / "benchmarks" / "quickstart.toml"
+    assert bench_errors(quickstart, "--set", "model.distill.epoch=2") == [
+        f"{quickstart}: model.distill.epoch: unknown option of 'unet distillation' (did you mean 'epochs'?); "
+        "valid: epochs, batch_size, lr, cond_dropout, ema_decay, weight_decay, grad_clip, max_steps, warmup_steps"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("[model.train]\nepochs = 3\n", "model.train.epochs: model 'synthetic' has no training stage; remove [model.train]"),
+        ("[model.distill]\nlr = 0.1\n", "model.distill.lr: model 'synthetic' has no distillation stage; remove [model.distill]"),
+        ('[matrix]\n"model.train.epochs" = [2, 3]\n', "matrix.model.train.epochs[0]: model.train.epochs: model "
+         "'synthetic' has no training stage; remove [model.train]"),
+    ],
+    ids=["train table", "distill table", "train axis"],
+)
+def test_training_tables_of_a_family_without_that_stage_are_errors(write, bench_errors, extra, message):
+    """The training options are the family's: ``synthetic`` declares none, so its matrix
+    cannot set them (they would change nothing but the cell ids)."""
+    if extra.startswith("[matrix]"):
+        path = write(matrix_text(matrix=SECTIONS["matrix"] + "\n" + extra.split("\n", 1)[1]))
+    else:
+        path = write(matrix_text(extra=extra))
+    assert bench_errors(path)[0] == f"{path}: {message}"
+
+
 @pytest.mark.parametrize(
     "name, cells",
     [("quickstart", None), ("synthetic", None), ("trajectory_distillation", None), ("pruning", 184)],

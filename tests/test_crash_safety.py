@@ -90,18 +90,21 @@ DRIVER = textwrap.dedent(
 
     if point in ("train", "distill"):
         # the N-th optimizer step of the teacher's training / the student's distillation
-        desc = {"train": "train teacher", "distill": "distil student"}[point]
-        active = {"on": False}
-        fit = diffusion._fit
+        from plugins.models.unet import UNetFamily
 
-        def _fit(*args, **kwargs):
-            active["on"] = kwargs.get("desc") == desc
+        desc = {"train": "train teacher", "distill": "distil student"}[point]
+        method = {"train": "train_teacher", "distill": "distill_student"}[point]
+        active = {"on": False}
+        stage = getattr(UNetFamily, method)
+
+        def during_stage(*args, **kwargs):
+            active["on"] = True
             try:
-                return fit(*args, **kwargs)
+                return stage(*args, **kwargs)
             finally:
                 active["on"] = False
 
-        diffusion._fit = _fit
+        setattr(UNetFamily, method, during_stage)
 
         def after_step(opt, args, kwargs):
             if active["on"]:

@@ -184,6 +184,15 @@ def test_missing_or_broken_pipeline_is_one_line(tmp_path: Path) -> None:
         DiffusersFamily(pretrained="x", dtype="fp8")
 
 
+def test_a_pretrained_pipeline_takes_no_training_tables(family) -> None:
+    """The DDPM training options are the ``unet``'s: a pipeline is neither trained nor distilled."""
+    assert (DiffusersFamily.train_options, DiffusersFamily.distill_options) == (None, None)
+    assert family.train_config({}) is None and family.distill_config({}, None) is None
+    with pytest.raises(ConfigError) as exc:
+        family.train_config({"epochs": 3})
+    assert one_line(exc) == "model.train.epochs: model 'diffusers' has no training stage; remove [model.train]"
+
+
 def test_cli_refuses_a_missing_pipeline_folder_with_exit_2(tmp_path: Path, capsys) -> None:
     from harness.cli import main
 

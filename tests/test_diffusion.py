@@ -9,18 +9,8 @@ import torch
 from torch import nn
 
 from harness.base import Conditions, TrainContext
-from harness.diffusion import (
-    DistillConfig,
-    NoiseSchedule,
-    ScheduledDiffusionModel,
-    TrainConfig,
-    distill,
-    evaluate_loss,
-    finetune,
-    resolve_cfg_batching,
-    run_sampler,
-    train_ddpm,
-)
+from harness.diffusion import NoiseSchedule, ScheduledDiffusionModel, resolve_cfg_batching, run_sampler
+from harness.training import DistillConfig, TrainConfig, distill, evaluate_loss, finetune, train_ddpm
 
 NUM_CLASSES = 3
 SHAPE = (1, 6, 6)

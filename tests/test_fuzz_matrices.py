@@ -41,8 +41,8 @@ from harness import hookimpl, runner
 from harness.base import Metric, MetricContext, option_fields
 from harness.cli import main
 from harness.config import BUILTIN_AXES, DEVICES, DOTTED_PREFIXES
-from harness.diffusion import TrainConfig
 from harness.registry import build_registry
+from harness.training import TrainConfig
 from plugins.models.synthetic import SyntheticFamily, SyntheticModel
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,9 +15,10 @@ from torch import nn
 from harness import hookspecs
 from harness.attention import HeadPrunedAttention
 from harness.base import Conditions, ImageBatch, PruneContext, TrainContext
-from harness.diffusion import NoiseSchedule, ScheduledDiffusionModel, finetune
+from harness.diffusion import NoiseSchedule, ScheduledDiffusionModel
 from harness.errors import ConfigError
 from harness.modelio import count_params, net_state, restore_net
+from harness.training import finetune
 from plugins.pruning import _common
 from plugins.pruning.attention_heads import AttentionHeadPruner, heads_to_remove
 from plugins.pruning.iterative import IterativePruner

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
 from harness.base import TrainContext
-from harness.cache import ArtifactCache
-from harness.diffusion import DistillConfig, ScheduledDiffusionModel, TrainConfig, evaluate_loss
+from harness.cache import ArtifactCache, canonical_json
+from harness.diffusion import ScheduledDiffusionModel
 from harness.errors import ConfigError
 from harness.registry import build_registry, get_plugin_manager
+from harness.training import DistillConfig, TrainConfig, evaluate_loss
 from plugins.datasets.digits import DigitsDataset
 from plugins.models.unet import UNet, UNetConfig, UNetFamily, count_arch_params, size_tier, student_config
 
@@ -222,3 +225,59 @@ def test_models_pickle(teacher: ScheduledDiffusionModel) -> None:
     with torch.no_grad():
         assert torch.equal(clone.net.eval()(x, t, c), teacher.net.eval()(x, t, c))
     assert clone.make_student(0.3).info["param_ratio"] == teacher.make_student(0.3).info["param_ratio"]
+
+
+# ---------------------------------------------------------------------------- training options
+
+#: the default [model.train] / [model.distill] as they enter the teacher's and the students'
+#: cache keys (canonical JSON of ``dataclasses.asdict``). Stored models are found by these:
+#: if this test fails, every cached teacher and student would be retrained.
+DEFAULT_TRAIN_KEY = (
+    '{"batch_size":64,"cond_dropout":0.1,"ema_decay":0.999,"epochs":10,"grad_clip":1,'
+    '"lr":0.002,"max_steps":null,"warmup_steps":50,"weight_decay":0}'
+)
+DEFAULT_DISTILL_KEY = DEFAULT_TRAIN_KEY.replace('"epochs":10', '"epochs":5')
+
+
+def test_default_training_options_keep_their_cache_keys() -> None:
+    family = UNetFamily()
+    train = family.train_config({})
+    distill = family.distill_config({}, train)
+    assert canonical_json(dataclasses.asdict(train)) == DEFAULT_TRAIN_KEY
+    assert canonical_json(dataclasses.asdict(distill)) == DEFAULT_DISTILL_KEY
+    # the field order is the matrix documentation's and `bench list`'s
+    assert [f.name for f in dataclasses.fields(train)] == [
+        "epochs", "batch_size", "lr", "cond_dropout", "ema_decay", "weight_decay", "grad_clip", "max_steps",
+        "warmup_steps",
+    ]
+    assert [f.name for f in dataclasses.fields(distill)] == [f.name for f in dataclasses.fields(train)]
+
+
+def test_the_unet_declares_its_training_options() -> None:
+    family = UNetFamily()
+    assert (UNetFamily.train_options, UNetFamily.distill_options) == (TrainConfig, DistillConfig)
+    train = family.train_config({"epochs": 7, "lr": 1e-3})
+    assert (train.epochs, train.lr, train.batch_size) == (7, 1e-3, 64)
+    # unset distillation epochs follow the teacher's: half, at least 1
+    assert family.distill_config({}, train).epochs == 3
+    assert family.distill_config({}, family.train_config({"epochs": 1})).epochs == 1
+    assert family.distill_config({"epochs": 4}, train).epochs == 4
+    assert family.distill_config({"batch_size": 8}, train) == DistillConfig(epochs=3, batch_size=8)
+
+
+@pytest.mark.parametrize(
+    ("stage", "table", "message"),
+    [
+        ("train", {"epoch": 3}, "model.train.epoch: unknown option of 'unet training' (did you mean 'epochs'?)"),
+        ("distill", {"lr": "fast"}, "model.distill.lr: expected float, got str 'fast'"),
+        ("train", {"cond_dropout": 1.0}, "model.train: cond_dropout must be in [0, 1), got 1.0"),
+    ],
+)
+def test_bad_training_options_name_their_table(stage: str, table: dict, message: str) -> None:
+    family = UNetFamily()
+    with pytest.raises(ConfigError) as info:
+        if stage == "train":
+            family.train_config(table)
+        else:
+            family.distill_config(table, family.train_config({}))
+    assert str(info.value).startswith(message)

@@ -55,11 +55,20 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from harness.base import Conditions, Dataset, DiffusionModel, ModelFamily, SampleOutput, TrainContext
-from harness.diffusion import TORCH_DTYPES
-from harness.env import offline
-from harness.errors import ConfigError, MissingFileError
-from harness.modelio import net_state, restore_net
+from harness import (
+    TORCH_DTYPES,
+    Conditions,
+    ConfigError,
+    Dataset,
+    DiffusionModel,
+    MissingFileError,
+    ModelFamily,
+    SampleOutput,
+    TrainContext,
+    net_state,
+    offline,
+    restore_net,
+)
 
 log = logging.getLogger(__name__)
 

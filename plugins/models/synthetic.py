@@ -20,8 +20,18 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from harness.base import Conditions, Dataset, DiffusionModel, Metric, MetricContext, ModelFamily, SampleOutput
-from harness.modelio import net_state, restore_net
+from harness import (
+    Conditions,
+    Dataset,
+    DiffusionModel,
+    ImageBatch,
+    Metric,
+    MetricContext,
+    ModelFamily,
+    SampleOutput,
+    net_state,
+    restore_net,
+)
 
 
 class _TinyNet(nn.Module):
@@ -158,8 +168,6 @@ class SyntheticDataset(Dataset):
         self.num_classes = 10
 
     def load(self, split: str) -> Any:
-        from harness.base import ImageBatch
-
         gen = torch.Generator().manual_seed(self.options.seed + (split == "reference"))
         n = self.options.num_images
         images = torch.randn(n, 1, self.image_size, self.image_size, generator=gen).tanh()

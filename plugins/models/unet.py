@@ -41,18 +41,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.base import Dataset, DiffusionModel, ModelFamily, TrainContext
-from harness.diffusion import (
+from harness import (
+    ConfigError,
+    Dataset,
+    DiffusionModel,
     DistillConfig,
+    ModelFamily,
     NoiseSchedule,
     ScheduledDiffusionModel,
     TrainConfig,
+    TrainContext,
     distill,
     finetune,
+    net_state,
+    restore_net,
     train_ddpm,
 )
-from harness.errors import ConfigError
-from harness.modelio import net_state, restore_net
 
 # ---------------------------------------------------------------------------- tiers
 
@@ -494,6 +498,8 @@ class UNetFamily(ModelFamily):
     name = "unet"
     supports_sizes = True
     Options = Options
+    train_options = TrainConfig
+    distill_options = DistillConfig
 
     # -- building ---------------------------------------------------------------------
     def _teacher_config(self, dataset: Dataset) -> UNetConfig:
@@ -553,6 +559,11 @@ class UNetFamily(ModelFamily):
         return self._wrap(UNet(cfg), schedule, shape, cfg, info, self.options.clip_sample)
 
     # -- training ---------------------------------------------------------------------
+    def distill_config(self, table: dict[str, Any], train: TrainConfig | None) -> DistillConfig:
+        """``[model.distill]`` with unset ``epochs`` resolved to half the teacher's (at least 1)."""
+        cfg = super().distill_config(table, train)
+        return cfg.resolved(train.epochs if train is not None else None)
+
     def train_teacher(
         self, model: DiffusionModel, dataset: Dataset, train: TrainConfig | None, ctx: TrainContext
     ) -> DiffusionModel:
