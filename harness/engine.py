@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 
-from harness import writegate
 from harness.base import (
     Conditions,
     Dataset,
@@ -189,8 +188,7 @@ def sample_with_backoff(model: DiffusionModel, noise: torch.Tensor, conditions: 
     bs = max(1, int(batch_size))
     while True:
         try:
-            with writegate.opened():  # plugin work: queued writes run meanwhile
-                return model.sample(noise, conditions, batch_size=bs, **kwargs), bs
+            return model.sample(noise, conditions, batch_size=bs, **kwargs), bs
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
             if not is_out_of_memory(exc) or bs == 1:
                 raise
@@ -382,8 +380,7 @@ class Engine:
         return measure_macs(model)
 
     def _build_gated(self, spec: VariantSpec) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        with writegate.opened():  # training and pruning: queued writes run meanwhile
-            return self._build(spec)
+        return self._build(spec)
 
     def _build(self, spec: VariantSpec) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         fam = self.family(spec)
@@ -536,8 +533,7 @@ class Engine:
         memo_key = (key_traj, key_plain, trajectory)
         if not tensors and memo_key in self._sample_meta:
             return self._sample_meta[memo_key]
-        # listed: a variant's sets other than the reference's are drawn only by its unit
-        traj_stored = self.cache.exists("samples", key_traj, listed=not variant_spec.is_reference)
+        traj_stored = self.cache.exists("samples", key_traj)
         if not tensors:
             key = key_traj if trajectory or traj_stored else key_plain
             if traj_stored if key == key_traj else self.cache.exists("samples", key):
@@ -549,14 +545,10 @@ class Engine:
             art = self.cache.load("samples", key_traj)  # a set with trajectories serves too
         else:
             # get_or_create looks the key up itself (no second stat here), and what it
-            # returns is what loading the artifact gives (no second read); wait=False: the
-            # files are written while the next cell runs (the unit flushes the cache).
-            # exclusive: only the reference's sets are drawn by several units (every unit
-            # compares with it); any other variant's cells form one unit, run by one worker,
-            # so no other process draws its sets and no lock file is needed
+            # returns is what loading the artifact gives (no second read)
             config, key = (config_traj, key_traj) if trajectory else (config_plain, key_plain)
             art = self.cache.get_or_create("samples", config, lambda: self._sample(variant_spec, cell, trajectory),
-                                           key=key, wait=False, exclusive=variant_spec.is_reference)
+                                           key=key)
         if variant_spec.is_reference:
             self._sample_meta[memo_key] = SampleSet(
                 art.key, None, None, None, art.meta.get("timesteps"), dict(art.meta["stats"]))
@@ -745,8 +737,7 @@ class Engine:
             if "model" in req:
                 ctx.model = variant.model
                 ctx.reference_model = ref_variant.model
-            with writegate.opened():
-                result = metric.compute(ctx)
+            result = metric.compute(ctx)
             rows = normalise_metric_result(name, result)
             # blobs (bytes) cannot go in the JSON metadata: row i's is tensor "blob.i"
             blobs = {f"blob.{i}": torch.frombuffer(bytearray(r.pop("blob")), dtype=torch.uint8)
@@ -754,11 +745,9 @@ class Engine:
             return blobs, {"rows": rows}
 
         if type(metric).cached:
-            # wait=False: see samples(); exclusive=False: no lock file. A value's key holds the
-            # cell's sample keys (or, for a metric that reads no samples, its models' keys), so
-            # at most the cells of one model in two worker processes build the same value:
-            # wasted work, never a wrong value (the first rename wins)
-            art = self.cache.get_or_create("metric", config, compute, wait=False, exclusive=False)
+            # a value's key holds the cell's sample keys (or, for a metric that reads no
+            # samples, its models' keys)
+            art = self.cache.get_or_create("metric", config, compute)
             tensors, meta = art.tensors, art.meta
         else:
             tensors, meta = compute()
@@ -919,14 +908,7 @@ class UnitWorker:
 
     def __call__(self, unit: WorkUnit) -> Iterator[CellResult]:
         engine = self.engine()
-        try:
-            for cell in unit.cells:
-                if self.on_start is not None:
-                    self.on_start(cell)
-                with writegate.closed():  # writers run during the cell's plugin work
-                    result = engine.run_cell(cell)
-                yield result
-        finally:
-            # sample sets and metric values are written by the cache's writer thread
-            # while the next cell runs; the unit's are all on disk once it is done
-            engine.cache.flush()
+        for cell in unit.cells:
+            if self.on_start is not None:
+                self.on_start(cell)
+            yield engine.run_cell(cell)

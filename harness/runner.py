@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from harness import writegate
 from harness.cache import ArtifactCache
 from harness.config import BenchConfig, load_matrix
 from harness.planner import Cell, group_units, plan_cells
@@ -233,20 +232,17 @@ def run(
             worker.on_start = started
             results = executor.run(group_units(todo), worker)
             try:
-                # the background writers start their jobs while plugin work runs, not while
-                # this thread does the harness's bookkeeping (see harness.writegate)
-                with writegate.closed():
-                    for result in results:
-                        _store_result(cfg, run_handle, result, pm)
-                        progress.cell_done(result.cell.name, result.status, result.duration_s, result.error)
-                        if result.status == "ok":
-                            summary.ok += 1
-                        else:
-                            summary.error += 1
-                            summary.errors.append(f"{result.cell.name}: {result.error}")
-                            if fail_fast:
-                                progress.message("stopping at the first failed cell (--fail-fast)")
-                                break
+                for result in results:
+                    _store_result(cfg, run_handle, result, pm)
+                    progress.cell_done(result.cell.name, result.status, result.duration_s, result.error)
+                    if result.status == "ok":
+                        summary.ok += 1
+                    else:
+                        summary.error += 1
+                        summary.errors.append(f"{result.cell.name}: {result.error}")
+                        if fail_fast:
+                            progress.message("stopping at the first failed cell (--fail-fast)")
+                            break
             finally:
                 close = getattr(results, "close", None)
                 if close is not None:
@@ -275,8 +271,6 @@ def _is_stored(cell: Cell, frags: dict[str, Any]) -> bool:
 def _store_result(cfg: BenchConfig, run_handle: Any, result: Any, pm: Any) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     rows = [{**r, "benchmark": cfg.benchmark.name, "run_id": run_handle.run_id, "timestamp": now} for r in result.rows]
-    # wait=False: the fsync of this fragment overlaps the next cell's work; the store
-    # flushes before the lock is released and before the manifest is finished
-    run_handle.write_cell(result.cell.cell_id, rows, wait=False, content_key=result.cell.content_key)
+    run_handle.write_cell(result.cell.cell_id, rows, content_key=result.cell.content_key)
     pm.hook.bench_after_cell(cell=result.cell, rows=rows)
 
