@@ -40,7 +40,7 @@ CODE_VERSION = "1"  # bump when a change invalidates every cached artifact
 #: pruned models, classifiers) is fsynced before it is renamed into place.
 VOLATILE_KINDS = frozenset({"samples", "metric"})
 
-#: where artifacts were staged before version 0.2; only cleaned now
+#: where earlier versions staged artifacts; only cleaned now
 OLD_STAGING_DIR = ".staging"
 
 

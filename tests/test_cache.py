@@ -138,7 +138,7 @@ def test_clean_partial_removes_only_leftovers_of_dead_writers(tmp_path) -> None:
     old = time.time() - 2 * 24 * 3600
     os.utime(kind / names["remote_old"], (old, old))
     (kind / "abc").mkdir()  # a finished artifact is never touched
-    staging = tmp_path / ".staging"  # where versions before 0.2 staged artifacts
+    staging = tmp_path / ".staging"  # where earlier versions staged artifacts
     (staging / f".tmp-model-abc-{HOST}-{dead_pid}-x1y2").mkdir(parents=True)
     assert ArtifactCache(tmp_path).clean_partial() == 3
     left = {p.name for p in kind.iterdir()}

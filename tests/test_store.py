@@ -302,6 +302,45 @@ def test_stored_cells_of_a_missing_benchmark_is_empty(tmp_path):
     assert ResultStore(tmp_path, "nothing").stored_cells() == {}
 
 
+def test_a_results_folder_of_the_previous_layout_resumes(tmp_path):
+    """Earlier versions also left an ``_index.jsonl`` per run folder, the holder's pid in
+    ``.lock``, lock stripes in the cache and artifacts staged in ``.cache/.staging/``.
+    The same matrix finds every cell stored (the index, here claiming errors, is not
+    read); a larger one reuses the cache, computes only the new cells, and removes the
+    staged leftovers of a dead writer."""
+    import io
+
+    from harness import runner
+    from harness.fsio import HOST
+
+    matrix = REPO / "benchmarks" / "synthetic.toml"
+    small = ['matrix.pruning_method=["none", "magnitude"]', "matrix.pruning_rate=[0.5]", "matrix.cfg_scale=[1.0]"]
+    quiet = {"results_dir": str(tmp_path), "stream": io.StringIO(), "interactive": False}
+    first = runner.run(matrix, [*small, "matrix.seed=[0]"], **quiet)
+    assert first.ok == first.total == 2
+    frags = sorted(first.run_dir.glob("*.parquet"))
+    (first.run_dir / "_index.jsonl").write_text("".join(json.dumps([p.stem, "error", 1, 2, 3]) + "\n" for p in frags))
+    (tmp_path / "synthetic" / ".lock").write_text("12345\n")
+    cache = tmp_path / ".cache"
+    (cache / "samples" / ".lock-stripe-0001").write_text("")
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True, check=True).stdout)
+    staged = cache / ".staging" / f".tmp-samples-0123-{HOST}-{dead_pid}-zz"
+    staged.mkdir(parents=True)
+    (staged / "tensors.safetensors").write_bytes(b"partial")
+    artifacts = {p.relative_to(cache) for p in cache.glob("*/*") if not p.name.startswith(".")}
+
+    again = runner.run(matrix, [*small, "matrix.seed=[0]"], **quiet)
+    assert (again.skipped, again.ok, again.run_id) == (2, 0, None)
+    more = runner.run(matrix, [*small, "matrix.seed=[0, 1]"], **quiet)
+    assert (more.skipped, more.ok, more.error) == (2, 2, 0)
+    assert all(p.is_file() for p in frags)  # the old fragments stay live, untouched
+    assert artifacts <= {p.relative_to(cache) for p in cache.glob("*/*") if not p.name.startswith(".")}
+    assert not (cache / ".staging").exists()
+    df = load_results(tmp_path)
+    assert len(df) == 2 * len(pd.read_parquet(frags[0])) * 2 and not df.duplicated(["cell_id", "metric"]).any()
+
+
 # -- lock -------------------------------------------------------------------------------
 
 
