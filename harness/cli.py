@@ -206,14 +206,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from harness import store
+    from harness import tables
+    from harness.results import load_results
 
-    df = store.load_results(args.path)
+    df = load_results(args.path)
     console = Console()
-    console.print(store.format_table(store.summarize(df)))
+    console.print(tables.format_table(tables.summarize(df)))
     if args.export:
         out = Path(args.out) if args.out else Path(args.path).resolve() / f"_export.{args.export}"
-        store.export(df, args.export, out)
+        tables.export(df, args.export, out)
         console.print(f"wrote {len(df)} rows to {out}")
     return 0
 

@@ -39,16 +39,11 @@ from urllib.parse import quote
 
 from harness.base import option_fields
 from harness.errors import UserError
-from harness.store import (
-    MANIFEST,
-    _atomic_write_bytes,
-    _fmt,
-    add_reference,
-    format_table,
-    fragment_files,
-    load_results,
-    summarize,
-)
+from harness.fsio import write_bytes
+from harness.results import add_reference, fragment_files, load_results
+from harness.store import MANIFEST
+from harness.tables import format_table, summarize
+from harness.tables import format_value as _fmt
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -158,7 +153,7 @@ def write_report(path: Path, out: Path, fmt: Literal["md", "html"] = "md") -> Pa
     report = collect(Path(path), Path(out))
     text = render_markdown(report) if fmt == "md" else render_html(report)
     target = report.out_dir / f"report.{fmt}"
-    _atomic_write_bytes(target, text.encode("utf-8"))
+    write_bytes(target, text.encode("utf-8"))
     log.info("wrote %s", target)
     return target
 

@@ -63,7 +63,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "blob": pa.binary(),
 }
 
-#: columns of bytes: ``bench results --export`` and :func:`harness.store.export` drop them
+#: columns of bytes: ``bench results --export`` and :func:`harness.tables.export` drop them
 BINARY_COLUMNS = ("blob",)
 
 #: columns stored as pandas categoricals by ``load_results``

@@ -9,7 +9,6 @@ on every load.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math

@@ -1,4 +1,4 @@
-"""The artifact cache: content-addressed keys, atomic writes, torn artifacts rebuilt."""
+"""The artifact cache: content-addressed keys, atomic writes, build locks, torn artifacts rebuilt."""
 
 from __future__ import annotations
 
@@ -38,68 +38,71 @@ def test_a_torn_artifact_is_rebuilt(tmp_path, caplog):
     assert not list(tmp_path.glob("samples/.broken-*")) and not list(tmp_path.glob("*/.tmp-*"))
 
 
-def test_a_volatile_artifact_not_waited_for_is_readable_at_once_and_locked_until_written(tmp_path):
-    import fcntl
+def test_keys_are_those_of_earlier_versions(tmp_path):
+    """Stored caches stay valid: the same config gives the same key as before."""
+    from harness.cache import canonical_json, stable_hash
 
     cache = ArtifactCache(tmp_path)
-    art = cache.get_or_create("metric", {"n": 1}, _build([]), wait=False)
-    assert cache.exists("metric", art.key)  # waits for the queued write
-    assert (art.path / "meta.json").is_file() and not list(tmp_path.glob("*/.tmp-*"))
-    with open(cache.lock_path("metric", art.key), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the writer has released it
-    loaded = cache.load("metric", art.key)
-    assert loaded.meta == art.meta and torch.equal(loaded.tensors["x"], art.tensors["x"])
-    again = cache.get_or_create("metric", {"n": 1}, _build(calls := []), wait=False)
-    assert calls == [] and again.meta == art.meta
+    assert cache.key("samples", {"n": 2}) == "c351b8fd2573873b19d8"
+    config = {"lr": 1e-4, "steps": 1.0, "nan": float("nan"), "l": [1, 2, {"b": 1, "a": 0.1 + 0.2}]}
+    assert cache.key("model", config, parent="p") == "277d7b405fab6adfc05f"
+    assert stable_hash({"a": 1}) == "015abd7f5cc57a2d"
+    assert canonical_json({"b": 1.0, "a": [0.30000000000000004, float("nan")]}) == '{"a":[0.3,"NaN"],"b":1}'
 
 
-def test_volatile_kinds_share_a_bounded_set_of_lock_files(tmp_path):
+def test_every_artifact_is_on_disk_when_get_or_create_returns(tmp_path):
     cache = ArtifactCache(tmp_path)
-    for i in range(40):
-        cache.get_or_create("samples", {"n": i}, _build([]), wait=False)
-    cache.flush()
-    locks = {p.name for p in (tmp_path / "samples").glob(".lock-*")}
-    assert 0 < len(locks) <= 40 and all(n.startswith(".lock-stripe-") for n in locks)
-    assert {cache.lock_path("samples", f"{i:08x}" + "0" * 12).name for i in range(5000)} == {
-        f".lock-stripe-{i:04d}" for i in range(1024)}  # bounded: LOCK_STRIPES files per kind
-    cache.get_or_create("model", {"n": 0}, _build([]))
-    assert [p.name for p in (tmp_path / "model").glob(".lock-*")] == [f".lock-{cache.key('model', {'n': 0})}"]
+    for kind in ("metric", "samples", "model"):
+        art = cache.get_or_create(kind, {"n": 1}, _build([]))
+        loaded = ArtifactCache(tmp_path).load(kind, art.key)  # as another process sees it
+        assert loaded.meta == art.meta and torch.equal(loaded.tensors["x"], art.tensors["x"])
+        assert loaded.meta["config"] == {"n": 1} and loaded.meta["parent"] is None
+        assert [p.name for p in (tmp_path / kind).glob(".lock-*")] == [f".lock-{art.key}"]
+    assert not list(tmp_path.glob("*/.tmp-*"))
 
 
-def test_a_stripe_held_by_this_process_is_shared_and_other_processes_wait(tmp_path):
-    """Nested builds of two keys in one stripe do not wait for themselves; another
-    process cannot take the stripe until the last holder here lets go."""
+def test_the_build_lock_is_held_against_other_processes(tmp_path):
     import subprocess
     import sys
 
     cache = ArtifactCache(tmp_path)
-    a = cache.key("metric", {"n": 1})
-    b = next(k for k in (cache.key("metric", {"n": i}) for i in range(2, 100000))
-             if cache.lock_path("metric", k) == cache.lock_path("metric", a))
-    probe = ("import fcntl, sys\nfh = open(sys.argv[1], 'a')\n"
-             "try:\n    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
-             "except BlockingIOError:\n    print('held')")
+    key = cache.key("samples", {"n": 1})
+    probe = ("import sys\nfrom filelock import FileLock, Timeout\n"
+             "try:\n    FileLock(sys.argv[1], timeout=0).acquire(); print('free')\n"
+             "except Timeout:\n    print('held')")
 
     def other_process_sees() -> str:
-        path = str(cache.lock_path("metric", a))
-        return subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True).stdout.strip()
+        path = str(tmp_path / "samples" / f".lock-{key}")
+        return subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True,
+                              check=True).stdout.strip()
 
-    with cache.lock("metric", a):
-        with cache.lock("metric", b):  # same stripe, same process: no self-deadlock
-            assert cache.lock_path("metric", a) == cache.lock_path("metric", b)
+    with cache.lock("samples", key):
         assert other_process_sees() == "held"
     assert other_process_sees() == "free"
 
 
-def test_a_non_exclusive_build_takes_no_lock_and_the_first_write_wins(tmp_path):
+def test_an_artifact_built_while_waiting_for_the_lock_is_loaded_not_built_again(tmp_path, monkeypatch):
+    """The look-up is repeated under the lock: what another process built meanwhile is used."""
     cache = ArtifactCache(tmp_path)
-    first = cache.get_or_create("metric", {"n": 1}, _build([]), wait=False, exclusive=False)
-    cache.flush()
-    assert not list((tmp_path / "metric").glob(".lock-*"))
-    # a second process that built the same artifact meanwhile: its write is dropped
-    other = ArtifactCache(tmp_path)
-    assert other._write("metric", first.key, {"x": torch.zeros(1)}, '{"note": "late"}') is False
-    assert cache.load("metric", first.key).meta["note"] == "built"
+    key = cache.key("model", {"n": 1})
+    cache.save("model", key, {"x": torch.ones(2)}, {"note": "theirs"})  # the other process's
+    looked = []
+    real_exists = cache.exists
+
+    def exists(kind, k):  # the first look-up happened before the other process finished
+        looked.append(k)
+        return len(looked) > 1 and real_exists(kind, k)
+
+    monkeypatch.setattr(cache, "exists", exists)
+    art = cache.get_or_create("model", {"n": 1}, _build(calls := []))
+    assert calls == [] and len(looked) == 2 and art.meta["note"] == "theirs"
+
+
+def test_a_second_writer_keeps_the_first_artifact(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    first = cache.get_or_create("metric", {"n": 1}, _build([]))
+    late = ArtifactCache(tmp_path).save("metric", first.key, {"x": torch.zeros(1)}, {"note": "late"})
+    assert late.meta["note"] == "built" and cache.load("metric", first.key).meta["note"] == "built"
     assert not list(tmp_path.glob("*/.tmp-*"))
 
 
@@ -117,7 +120,8 @@ def test_clean_partial_removes_only_leftovers_of_dead_writers(tmp_path) -> None:
     import sys
     import time
 
-    from harness.cache import HOST, ArtifactCache
+    from harness.cache import ArtifactCache
+    from harness.fsio import HOST
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
@@ -134,9 +138,12 @@ def test_clean_partial_removes_only_leftovers_of_dead_writers(tmp_path) -> None:
     old = time.time() - 2 * 24 * 3600
     os.utime(kind / names["remote_old"], (old, old))
     (kind / "abc").mkdir()  # a finished artifact is never touched
-    assert ArtifactCache(tmp_path).clean_partial() == 2
+    staging = tmp_path / ".staging"  # where earlier versions staged artifacts
+    (staging / f".tmp-model-abc-{HOST}-{dead_pid}-x1y2").mkdir(parents=True)
+    assert ArtifactCache(tmp_path).clean_partial() == 3
     left = {p.name for p in kind.iterdir()}
     assert left == {names["live"], names["remote_fresh"], "abc"}
+    assert not staging.exists()
 
 
 def test_a_run_removes_fragment_leftovers_of_a_killed_run(tmp_path) -> None:
@@ -146,7 +153,7 @@ def test_a_run_removes_fragment_leftovers_of_a_killed_run(tmp_path) -> None:
     from pathlib import Path
 
     from harness import runner
-    from harness.cache import HOST
+    from harness.fsio import HOST
 
     matrix = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic.toml"
     small = ['matrix.pruning_method=["none"]', "matrix.cfg_scale=[1.0]", "matrix.seed=[0]"]

@@ -11,7 +11,7 @@ Kill points (:data:`KILL_POINTS`): during the teacher's training, during the
 student's distillation, while the teacher's artifact is being written (weights written
 into the ``.tmp-*`` folder, not yet renamed), during sampling, while a sample set
 artifact is being written, with a fragment half written, and just after a fragment was
-renamed into place but before the run's index recorded it.
+renamed into place, before the run went on.
 
 After each kill, the same ``bench run`` runs again (in this process) and must exit 0
 with every planned cell stored exactly once, every Parquet file readable, only whole
@@ -86,6 +86,7 @@ DRIVER = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
 
     import harness.diffusion as diffusion
+    import harness.fsio as fsio
     import harness.store as store
 
     if point in ("train", "distill"):
@@ -123,7 +124,7 @@ DRIVER = textwrap.dedent(
 
         diffusion.guided_eps = guided_eps
     elif point.startswith("save."):
-        # the N-th artifact of a kind: its weights written into its .staging/.tmp-<kind>-* folder, no meta.json,
+        # the N-th artifact of a kind: its weights written into its <kind>/.tmp-* folder, no meta.json,
         # not renamed
         import safetensors.torch as st
 
@@ -133,43 +134,48 @@ DRIVER = textwrap.dedent(
         def save(tensors, filename, *args, **kwargs):
             save_file(tensors, filename, *args, **kwargs)
             tmp = Path(filename).parent
-            if tmp.parent.name == ".staging" and tmp.name.startswith(f".tmp-{kind}-"):
+            if tmp.parent.name == kind and tmp.name.startswith(".tmp-"):
                 reached(tmp=str(tmp))
 
         st.save_file = save
     elif point == "fragment.torn":
         # the N-th fragment: half of its bytes in the temporary file, then death
-        import io
-        write_table = store.pq.write_table
+        class _Torn:
+            def __init__(self, fh):
+                self.fh = fh
 
-        class _Pq:
-            def __getattr__(self, name):
-                return getattr(pq_module, name)
+            def __enter__(self):
+                return self
 
-            def write_table(self, table, where, **kwargs):
-                buf = io.BytesIO()
-                write_table(table, buf, **kwargs)
-                data = buf.getvalue()
-                if seen["n"] + 1 == nth:
-                    where.write(data[: len(data) // 2])
-                    where.flush()
-                    os.fsync(where.fileno())
-                    reached(tmp=where.name, size=len(data))
-                else:
-                    seen["n"] += 1
-                    where.write(data)
+            def __exit__(self, *exc):
+                return self.fh.__exit__(*exc)
 
-        pq_module = store.pq
-        store.pq = _Pq()
+            def write(self, data):
+                self.fh.write(data[: len(data) // 2])
+                self.fh.flush()
+                os.fsync(self.fh.fileno())
+                reached(tmp=self.fh.name, size=len(data))
+
+        def torn_open(path, mode="r", *args, **kwargs):
+            fh = open(path, mode, *args, **kwargs)
+            if ".parquet" not in Path(path).name:
+                return fh
+            if seen["n"] + 1 < nth:  # an earlier fragment: written whole
+                seen["n"] += 1
+                return fh
+            return _Torn(fh)
+
+        fsio.open = torn_open  # the open() that harness.fsio writes temporary files with
     elif point == "fragment.renamed":
-        # the N-th fragment renamed into place, before the run's index records it
-        record = store.ResultStore._record
+        # the N-th fragment renamed into place: death as write_cell returns
+        write_cell = store.Run.write_cell
 
-        def _record(self, frag):
-            reached(fragment=str(frag.path))
-            return record(self, frag)
+        def _write_cell(self, cell_id, rows, **kwargs):
+            path = write_cell(self, cell_id, rows, **kwargs)
+            reached(fragment=str(path))
+            return path
 
-        store.ResultStore._record = _record
+        store.Run.write_cell = _write_cell
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 
@@ -188,7 +194,7 @@ KILL_POINTS = [
     ("sampling", "sample:11", True),
     ("writing-sample-set", "save.samples:2", True),
     ("fragment-half-written", "fragment.torn:2", True),
-    ("fragment-renamed-not-indexed", "fragment.renamed:2", True),
+    ("fragment-renamed", "fragment.renamed:2", True),
 ]
 
 
@@ -278,7 +284,7 @@ def test_sigkill_then_rerun_completes_with_every_cell_once(point, cached_models,
     before = _check_whole(results)
     assert len(before) < len(planned)  # it died before the end
     leftovers = sorted(p for p in (results / ".cache").glob("*/.tmp-*"))
-    torn = sorted(p for p in results.rglob(".tmp-*.parquet.tmp"))
+    torn = sorted(p for p in results.rglob(".tmp-*.parquet-*.tmp"))
     if point.startswith("save."):
         tmp = Path(info["tmp"])
         assert leftovers == [tmp] and (tmp / "tensors.safetensors").is_file() and not (tmp / "meta.json").exists()
@@ -288,7 +294,7 @@ def test_sigkill_then_rerun_completes_with_every_cell_once(point, cached_models,
         # readers skip the torn temporary file: pandas / pyarrow read the folder as usual
         assert len(pd.read_parquet(results)) == len(METRICS)
     if point.startswith("fragment.renamed"):
-        assert Path(info["fragment"]) in before  # in place, though the index never heard of it
+        assert Path(info["fragment"]) in before  # in place, though the run never went on
 
     # -- the same command again
     assert bench_run(results) == 0

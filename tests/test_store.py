@@ -1,4 +1,4 @@
-"""The result store: atomic fragments, superseding, stored_cells, readers, reference deltas."""
+"""The result store: atomic fragments, superseding, stored_cells, the lock, readers, reference deltas."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -19,17 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import harness
-from harness import store as store_mod
 from harness.errors import UserError
 from harness.schema import CATEGORICAL, COLUMNS, SCHEMA_VERSION
-from harness.store import (
-    ResultStore,
-    export,
-    format_table,
-    load_results,
-    new_run_id,
-    summarize,
-)
+from harness.store import ResultStore, load_results, new_run_id
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,8 +111,7 @@ def test_unsafe_cell_id_is_refused(tmp_path, cell_id):
         run.write_cell(cell_id, [row()])
 
 
-@pytest.mark.parametrize("wait", [True, False])
-def test_a_failing_write_leaves_nothing_visible_and_the_old_fragment_live(tmp_path, monkeypatch, wait):
+def test_a_failing_write_leaves_nothing_visible_and_the_old_fragment_live(tmp_path, monkeypatch):
     st = ResultStore(tmp_path, "bench")
     old = st.new_run({}).write_cell("c1", [row(value=1.0)])
     run = st.new_run({})
@@ -129,12 +119,9 @@ def test_a_failing_write_leaves_nothing_visible_and_the_old_fragment_live(tmp_pa
     def disk_full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store_mod.os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space left") as exc:
-        run.write_cell("c1", [row(value=2.0)], wait=wait)
-        run.flush()  # with wait=False the writer thread's error surfaces here
-    if sys.version_info >= (3, 11):  # exception notes
-        assert f"while storing cell c1 under {tmp_path / 'bench'}" in exc.value.__notes__
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run.write_cell("c1", [row(value=2.0)])
     assert not any(p.name.startswith(".tmp") for p in run.path.iterdir())
     assert old.exists()
     monkeypatch.undo()
@@ -142,18 +129,16 @@ def test_a_failing_write_leaves_nothing_visible_and_the_old_fragment_live(tmp_pa
     assert load_results(tmp_path)["value"].tolist() == [1.0]
 
 
-def test_background_writes_are_in_place_after_flush_finish_and_unlock(tmp_path):
+def test_each_write_is_in_place_when_write_cell_returns_and_counted(tmp_path):
     st = ResultStore(tmp_path, "bench")
     with st.lock():
         run = st.new_run({})
-        paths = [run.write_cell(f"c{i}", cell_rows(2), wait=False) for i in range(50)]
-        run.write_cell("c0", [row(value=9.0)], wait=False)  # supersedes c0, in order
-        run.flush()
-        assert all(p.exists() for p in paths)
-        run.write_cell("late", [row(status="error", error="x")], wait=False)
-        assert st.stored_cells()["late"] == "error"  # stored_cells flushes first
-        run.write_cell("last", [row()], wait=False)
-    assert (run.path / "last.parquet").exists()  # leaving the lock flushes
+        for i in range(50):
+            assert run.write_cell(f"c{i}", cell_rows(2)).exists()
+        run.write_cell("c0", [row(value=9.0)])  # supersedes c0
+        run.write_cell("late", [row(status="error", error="x")])
+        assert st.stored_cells()["late"] == "error"
+        run.write_cell("last", [row()])
     assert run.finish()["summary"] == {"cells": 53, "ok": 52, "error": 1, "superseded": 1}
     df = load_results(tmp_path)
     assert df.loc[df["cell_id"] == "c0", "value"].tolist() == [9.0]
@@ -180,28 +165,28 @@ def test_a_crashed_write_temp_file_is_invisible_to_every_reader(tmp_path):
 
 
 def test_sigkill_mid_run_leaves_only_whole_fragments(tmp_path):
+    """The writer reports each stored cell and keeps writing; it is killed after the 20th
+    report, somewhere in the middle of a later write."""
     script = textwrap.dedent(
         f"""
         import sys
         sys.path.insert(0, {str(REPO)!r})
         from harness.store import ResultStore
         run = ResultStore({str(tmp_path)!r}, "bench").new_run({{}})
-        print(run.run_id, flush=True)
         i = 0
         while True:
             run.write_cell(f"c{{i}}", [{{"metric": f"m{{k}}", "value": 1.0, "status": "ok"}} for k in range(5)])
+            print(i, flush=True)
             i += 1
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        proc.stdout.readline()
-        deadline = time.monotonic() + 30
-        while len(live_files(tmp_path)) < 20 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        reported = [proc.stdout.readline() for _ in range(20)]
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    assert reported[-1].strip() == "19"
     files = live_files(tmp_path)
     assert len(files) >= 20
     stored = ResultStore(tmp_path, "bench").stored_cells()
@@ -290,22 +275,20 @@ def test_retry_within_one_run_supersedes_too(tmp_path):
 # -- stored_cells -----------------------------------------------------------------------
 
 
-def test_stored_cells_reflects_the_files_not_the_index(tmp_path):
+def test_stored_cells_reads_the_fragments_footers(tmp_path):
     st = ResultStore(tmp_path, "bench")
     r1 = st.new_run({})
-    r1.write_cell("a", [row()])
+    r1.write_cell("a", [row()], content_key="k1")
     r1.write_cell("b", [row(), row("lpips", status="error", error="x")])
     r2 = st.new_run({})
     r2.write_cell("c", [row()])
     st.new_run({})  # a run killed before its first cell: manifest only
     assert st.stored_cells() == {"a": "ok", "b": "error", "c": "ok"}
+    assert {c: f.content_key for c, f in st.fragments().items()} == {"a": "k1", "b": None, "c": None}
 
-    # killed between rename and index append: the fragment is there, the index line is not
-    (r2.path / "_index.jsonl").unlink()
-    # killed in the middle of an index append
-    with open(r1.path / "_index.jsonl", "a") as fh:
-        fh.write('["zz", "o')
-    # a fragment replaced behind the index's back (status changed): the footer wins
+    # an index of an older version, out of step with the files: ignored
+    (r1.path / "_index.jsonl").write_text('["a", "ok", 1, 2, 3, "k1"]\n["zz", "ok", 1, 2, 3]\n["zz", "o')
+    # a fragment replaced by hand (status changed): its footer is what counts
     table = pq.read_table(r1.path / "a.parquet")
     table = table.replace_schema_metadata({**table.schema.metadata, b"diffbench.status": b"error"})
     pq.write_table(table, r1.path / "a.parquet")
@@ -319,6 +302,45 @@ def test_stored_cells_of_a_missing_benchmark_is_empty(tmp_path):
     assert ResultStore(tmp_path, "nothing").stored_cells() == {}
 
 
+def test_a_results_folder_of_the_previous_layout_resumes(tmp_path):
+    """Earlier versions also left an ``_index.jsonl`` per run folder, the holder's pid in
+    ``.lock``, lock stripes in the cache and artifacts staged in ``.cache/.staging/``.
+    The same matrix finds every cell stored (the index, here claiming errors, is not
+    read); a larger one reuses the cache, computes only the new cells, and removes the
+    staged leftovers of a dead writer."""
+    import io
+
+    from harness import runner
+    from harness.fsio import HOST
+
+    matrix = REPO / "benchmarks" / "synthetic.toml"
+    small = ['matrix.pruning_method=["none", "magnitude"]', "matrix.pruning_rate=[0.5]", "matrix.cfg_scale=[1.0]"]
+    quiet = {"results_dir": str(tmp_path), "stream": io.StringIO(), "interactive": False}
+    first = runner.run(matrix, [*small, "matrix.seed=[0]"], **quiet)
+    assert first.ok == first.total == 2
+    frags = sorted(first.run_dir.glob("*.parquet"))
+    (first.run_dir / "_index.jsonl").write_text("".join(json.dumps([p.stem, "error", 1, 2, 3]) + "\n" for p in frags))
+    (tmp_path / "synthetic" / ".lock").write_text("12345\n")
+    cache = tmp_path / ".cache"
+    (cache / "samples" / ".lock-stripe-0001").write_text("")
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True, check=True).stdout)
+    staged = cache / ".staging" / f".tmp-samples-0123-{HOST}-{dead_pid}-zz"
+    staged.mkdir(parents=True)
+    (staged / "tensors.safetensors").write_bytes(b"partial")
+    artifacts = {p.relative_to(cache) for p in cache.glob("*/*") if not p.name.startswith(".")}
+
+    again = runner.run(matrix, [*small, "matrix.seed=[0]"], **quiet)
+    assert (again.skipped, again.ok, again.run_id) == (2, 0, None)
+    more = runner.run(matrix, [*small, "matrix.seed=[0, 1]"], **quiet)
+    assert (more.skipped, more.ok, more.error) == (2, 2, 0)
+    assert all(p.is_file() for p in frags)  # the old fragments stay live, untouched
+    assert artifacts <= {p.relative_to(cache) for p in cache.glob("*/*") if not p.name.startswith(".")}
+    assert not (cache / ".staging").exists()
+    df = load_results(tmp_path)
+    assert len(df) == 2 * len(pd.read_parquet(frags[0])) * 2 and not df.duplicated(["cell_id", "metric"]).any()
+
+
 # -- lock -------------------------------------------------------------------------------
 
 
@@ -326,7 +348,7 @@ def test_lock_refuses_a_second_holder_and_names_the_pid(tmp_path):
     a = ResultStore(tmp_path, "bench")
     b = ResultStore(tmp_path, "bench")  # its own open file description: flock conflicts
     with a.lock():
-        assert (tmp_path / "bench" / ".lock").read_text().strip() == str(os.getpid())
+        assert (tmp_path / "bench" / ".lock.pid").read_text().strip() == str(os.getpid())
         with pytest.raises(UserError) as exc:
             with b.lock(wait=False):
                 pass
@@ -496,7 +518,7 @@ def test_a_corrupt_fragment_is_named(tmp_path):
 # -- reference deltas -------------------------------------------------------------------
 
 
-def _ref_case(tmp_path: Path) -> Path:
+def reference_case(tmp_path: Path) -> Path:
     """Reference and a student over cfg x seed, a per-step metric, a swept metric option."""
     st = ResultStore(tmp_path, "distill")
     run = st.new_run({})
@@ -531,7 +553,7 @@ def _ref_case(tmp_path: Path) -> Path:
 
 
 def test_with_reference_adds_reference_value_and_delta(tmp_path):
-    df = load_results(_ref_case(tmp_path), with_reference=True)
+    df = load_results(reference_case(tmp_path), with_reference=True)
     assert list(df.columns[-2:]) == ["reference_value", "delta"]
     ref = df[df["role"] == "reference"]
     assert (ref["delta"] == 0).all() and (ref["reference_value"] == ref["value"]).all()
@@ -563,57 +585,3 @@ def test_with_reference_prefers_the_same_run_and_ignores_errored_references(tmp_
     df = load_results(tmp_path, with_reference=True).set_index("cell_id")
     assert df.loc["stu-old", "delta"] == 1.0
     assert df.loc["stu-new", "delta"] == 5.0
-
-
-# -- summary and export -----------------------------------------------------------------
-
-
-def test_summarize_means_over_seeds(tmp_path):
-    df = load_results(_ref_case(tmp_path), with_reference=True)
-    s = summarize(df)
-    assert {"role", "size_factor", "cfg_scale", "metric", "mean", "std", "n", "errors", "delta_mean"} <= set(s.columns)
-    assert "seed" not in s.columns
-    fid = s[(s["metric"] == "fid") & (s["role"] == "student") & (s["cfg_scale"] == 7.5)]
-    assert fid["mean"].item() == 78.5 and fid["n"].item() == 2 and fid["delta_mean"].item() == 3.0
-    assert math.isclose(fid["std"].item(), math.sqrt(0.5))
-    # a metric stored only per step is averaged over its steps
-    eps = s[(s["metric"] == "eps_mse (mean over t)") & (s["role"] == "student")]
-    assert eps["mean"].tolist() == [2.75, 2.75]
-    per_t = summarize(df, per_timestep=True)
-    assert set(per_t.loc[per_t["metric"] == "eps_mse", "timestep"]) == {0.0, 500.0}
-
-
-def test_summarize_counts_errors_and_format_table(tmp_path):
-    run = ResultStore(tmp_path, "b").new_run({})
-    run.write_cell("a0", [row("fid", 1.0, seed=0, pruning_method="magnitude", higher_is_better=False)])
-    run.write_cell("a1", [row("fid", 3.0, seed=1, pruning_method="magnitude", higher_is_better=False)])
-    run.write_cell("a2", [row("fid", float("nan"), status="error", error="x", seed=2, pruning_method="magnitude")])
-    run.write_cell("b0", [row("fid", 7.0, seed=0, pruning_method="random", higher_is_better=False)])
-    s = summarize(load_results(tmp_path))
-    assert s[["pruning_method", "mean", "n", "errors"]].values.tolist() == [["magnitude", 2.0, 2, 1], ["random", 7.0, 1, 0]]
-
-    from rich.console import Console
-
-    console = Console(record=True, width=120)
-    console.print(format_table(s, title="b"))
-    text = console.export_text()
-    assert "magnitude" in text and "fid ↓" in text and "2 ± 1.414" in text and "errors" in text
-    assert "benchmark=b" in text  # constant columns go to the caption
-
-
-@pytest.mark.parametrize("fmt", ["json", "csv"])
-def test_export_round_trips(tmp_path, fmt):
-    run = ResultStore(tmp_path, "b").new_run({})
-    run.write_cell("c1", [row("fid", 1.5, seed=0), row("acc", 0.5, seed=0, timestep=3.0)])
-    df = load_results(tmp_path)
-    out = export(df, fmt, tmp_path / "out" / f"rows.{fmt}")
-    back = pd.read_json(out) if fmt == "json" else pd.read_csv(out)
-    assert back["value"].tolist() == [1.5, 0.5] and back["metric"].tolist() == ["fid", "acc"]
-    if fmt == "json":
-        recs = json.loads(out.read_text())
-        assert recs[0]["timestep"] is None and recs[0]["timestamp"].endswith("Z")
-
-
-def test_export_refuses_an_unknown_format(tmp_path):
-    with pytest.raises(UserError, match=r"--export: unknown format 'xlsx' \(valid: 'csv', 'json'\)"):
-        export(pd.DataFrame(), "xlsx", tmp_path / "x")  # type: ignore[arg-type]

@@ -23,7 +23,8 @@ from harness.metric_values import normalise_metric_result
 from harness.errors import CellError
 from harness.planner import Cell, VariantSpec
 from harness.schema import COLUMNS, decode_blob, encode_blob
-from harness.store import ResultStore, add_reference, export, format_table, load_results, summarize
+from harness.store import ResultStore, add_reference, load_results
+from harness.tables import export, format_table, summarize
 from harness.testing import metric_context, tiny_dataset
 from plugins.metrics.visual import AttentionMaps, DenoisingStrip, LatentPCA, SampleGrid, kept_states, pca_basis
 from plugins.plots.visual import AttentionPlot, DenoisingPlot, LatentSpacePlot, SampleGrids, centre_query_map
