@@ -30,8 +30,7 @@ from typing import Any
 
 import torch
 
-from harness.base import Conditions, Dataset, ImageBatch, options_dict
-from harness.errors import MissingFileError, UserError
+from harness import Conditions, Dataset, ImageBatch, MissingFileError, UserError, options_dict
 
 log = logging.getLogger(__name__)
 

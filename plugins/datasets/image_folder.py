@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.errors import MissingFileError, UserError
+from harness import MissingFileError, UserError
 from plugins.datasets._images import (
     Item,
     LocalImageDataset,

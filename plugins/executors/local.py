@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from harness.base import Executor
+from harness import Executor
 
 
 class LocalExecutor(Executor):

@@ -30,8 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.base import Executor
-from harness.errors import UserError
+from harness import Executor, UserError
 
 log = logging.getLogger(__name__)
 

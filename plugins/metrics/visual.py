@@ -29,9 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from harness.base import Conditions, Metric, MetricContext
-from harness.errors import CellError
-from harness.schema import encode_blob
+from harness import CellError, Conditions, Metric, MetricContext, encode_blob
 
 __all__ = [
     "VISUAL_METRICS",

@@ -6,14 +6,16 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from harness.base import Pruner
+# imported here, not in prune(): loading the plugin registers the module type, so any
+# process that loads the plugins can restore a head-pruned network (harness.modelio)
+from harness import HeadPrunedAttention, Pruner
 from plugins.pruning._common import protect_field
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from harness.base import DiffusionModel, PruneContext
+    from harness import DiffusionModel, PruneContext
 
 
 @dataclass
@@ -67,7 +69,6 @@ class AttentionHeadPruner(Pruner):
         import torch
         from torch import nn
 
-        from harness.attention import HeadPrunedAttention
         from plugins.pruning import _common
 
         rate = _common.check_rate(rate, self.name)
@@ -106,7 +107,7 @@ def head_l1(mha: nn.MultiheadAttention) -> torch.Tensor:
     """Per-head L1 norm of the head's q/k/v rows (with biases) and out_proj columns."""
     import torch
 
-    from harness.attention import qkv_weights
+    from harness import qkv_weights
 
     d = mha.head_dim
     parts = list(qkv_weights(mha))
