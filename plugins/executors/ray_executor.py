@@ -77,6 +77,11 @@ class RayExecutor(Executor):
             # here, not in run(): the runner creates the executor before any work starts
             raise UserError(MISSING_RAY)
 
+    @classmethod
+    def contract_fixtures(cls, folder: Any) -> dict[str, Any]:
+        """harness.testing's contract skips (with the reason) where the optional extra is missing."""
+        return {} if _ray_importable() else {"skip": MISSING_RAY}
+
     def run(self, units: Sequence[Any], work: Callable[[Any], Iterable[Any]]) -> Iterator[Any]:
         try:
             import ray

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 # imported here, not in prune(): loading the plugin registers the module type, so any
 # process that loads the plugins can restore a head-pruned network (harness.modelio)
 from harness import HeadPrunedAttention, Pruner
+from plugins._fixtures import TINY_UNET
 from plugins.pruning._common import protect_field
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     import torch
     from torch import nn
 
@@ -64,6 +67,11 @@ class AttentionHeadPruner(Pruner):
     removes_structure: ClassVar[bool] = True
     #: "2": heads are removed physically (version 1 zeroed them); old cached variants are stale
     cache_version: ClassVar[str] = "2"
+
+    @classmethod
+    def contract_fixtures(cls, folder: Path) -> dict[str, Any]:
+        """Pruned by the contract: a tiny UNet, not the stand-in model (it has no attention)."""
+        return {"model": TINY_UNET}
 
     def prune(self, model: DiffusionModel, rate: float, ctx: PruneContext) -> DiffusionModel:
         import torch

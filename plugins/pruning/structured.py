@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from harness import Pruner, net_state, restore_net
+from plugins._fixtures import TINY_UNET
 from plugins.pruning._common import protect_field
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     import torch
 
     from harness import DiffusionModel, PruneContext
@@ -109,6 +112,11 @@ class StructuredPruner(Pruner):
     name = "structured"
     Options = StructuredOptions
     removes_structure: ClassVar[bool] = True
+
+    @classmethod
+    def contract_fixtures(cls, folder: Path) -> dict[str, Any]:
+        """Pruned by the contract: a tiny UNet, not the stand-in model (its only channels feed a protected embedding)."""
+        return {"model": TINY_UNET}
 
     def prune(self, model: DiffusionModel, rate: float, ctx: PruneContext) -> DiffusionModel:
         import torch
