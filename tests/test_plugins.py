@@ -24,15 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "diffbench-example-plugin"
 
 
-@pytest.fixture(autouse=True)
-def _threads() -> None:
-    # overrides conftest's: tiny tensors, where a second intra-op thread only adds
-    # synchronisation (badly so on a busy machine)
-    import torch
-
-    torch.set_num_threads(1)
-
-
 @pytest.fixture
 def make_module(tmp_path, monkeypatch):
     """``make_module(name, source)``: write and import a real module (it has its own source)."""
