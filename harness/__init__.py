@@ -1,60 +1,74 @@
 """diffbench's core: plugin contract, matrix files, planner, runner, caches and store.
 
-Plugins need one import: ``from harness import hookimpl``.
+``harness.__all__`` is the public API: everything a plugin may import, and the only
+names the built-in plugins use (``tests/test_public_api.py`` fails on any other
+import), so a third party relies on exactly the surface the built-ins rely on. A plugin
+needs one import line, e.g. ``from harness import Pruner, hookimpl``; contract tests
+use ``harness.testing``.
+
+- plugin contract (``harness.base``): the base classes, the contexts handed to them,
+  ``options_dict``, and the executor's ``Worker`` / ``WorkUnit`` protocols
+- hooks (``harness.hookspecs``): ``hookimpl``, ``hookspec``
+- errors (``harness.errors``): one-line user errors and ``did_you_mean``
+- diffusion maths (``harness.diffusion``) and training loops (``harness.training``)
+- model save/restore (``harness.modelio``), attention helpers (``harness.attention``) and
+  what a variant costs: MACs and sparsity (``harness.sizes``)
+- hashing and the artifact cache (``harness.cache``), the result schema
+  (``harness.schema``), ``offline`` (``harness.env``), ``load_results`` (``harness.results``)
+  and the plugin registry (``harness.registry``)
+
+Names resolve lazily (module ``__getattr__``, PEP 562): ``import harness`` loads no
+torch, pyarrow or pandas, so ``bench --help`` and entry-point discovery stay fast.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
-
-from harness.base import (
-    Conditions,
-    Dataset,
-    DiffusionModel,
-    Executor,
-    ImageBatch,
-    Metric,
-    MetricContext,
-    ModelFamily,
-    Plot,
-    PruneContext,
-    Pruner,
-    SampleOutput,
-    TrainContext,
-)
-from harness.hookspecs import hookimpl, hookspec
-from harness.registry import build_registry, get_plugin_manager
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Conditions",
-    "Dataset",
-    "DiffusionModel",
-    "Executor",
-    "ImageBatch",
-    "Metric",
-    "MetricContext",
-    "ModelFamily",
-    "Plot",
-    "PruneContext",
-    "Pruner",
-    "SampleOutput",
-    "TrainContext",
-    "__version__",
-    "build_registry",
-    "get_plugin_manager",
-    "hookimpl",
-    "hookspec",
-    "load_results",
-]
+#: public name -> the module that defines it (resolved on first access, then cached)
+_API: dict[str, str] = {
+    **dict.fromkeys(
+        ["Plugin", "Conditions", "Dataset", "DiffusionModel", "Executor", "ImageBatch", "Metric",
+         "MetricContext", "ModelFamily", "Plot", "PruneContext", "Pruner", "SampleOutput", "TrainContext",
+         "options_dict", "Worker", "WorkUnit"],
+        "harness.base",
+    ),
+    **dict.fromkeys(["hookimpl", "hookspec"], "harness.hookspecs"),
+    **dict.fromkeys(["UserError", "ConfigError", "MissingFileError", "CellError", "did_you_mean"], "harness.errors"),
+    **dict.fromkeys(
+        ["NoiseSchedule", "ScheduledDiffusionModel", "run_sampler", "guided_eps", "resolve_cfg_batching",
+         "TORCH_DTYPES"],
+        "harness.diffusion",
+    ),
+    **dict.fromkeys(
+        ["TrainConfig", "DistillConfig", "TrainReport", "train_ddpm", "distill", "finetune", "evaluate_loss"],
+        "harness.training",
+    ),
+    **dict.fromkeys(["net_state", "restore_net", "count_params", "register_module_type"], "harness.modelio"),
+    **dict.fromkeys(["HeadPrunedAttention", "qkv_weights", "register_flop_formulas"], "harness.attention"),
+    **dict.fromkeys(["count_macs", "measure_macs", "weight_sparsity"], "harness.sizes"),
+    **dict.fromkeys(["stable_hash", "canonical_json", "ArtifactCache"], "harness.cache"),
+    **dict.fromkeys(["COLUMNS", "encode_blob", "decode_blob"], "harness.schema"),
+    "offline": "harness.env",
+    "load_results": "harness.results",
+    **dict.fromkeys(["build_registry", "get_plugin_manager"], "harness.registry"),
+}
+
+__all__ = ["__version__", *_API]
 
 
-def load_results(path: Any, **kwargs: Any):  # noqa: ANN201 - returns pandas.DataFrame
-    """Read every result fragment under ``path`` into one typed pandas DataFrame.
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562), so the package import is cheap."""
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'harness' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-    See :func:`harness.store.load_results` for the options.
-    """
-    from harness.store import load_results as _load
 
-    return _load(path, **kwargs)
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

@@ -13,7 +13,9 @@ projections and columns of ``out_proj``, so its output equals that of the origin
 layer with the other heads' weights set to zero (a zeroed head outputs exactly zero).
 
 :func:`register_flop_formulas` teaches torch's ``FlopCounterMode`` the two attention
-kernels it does not count on CPU. Importing this module does nothing.
+kernels it does not count on CPU. Importing this module registers
+:class:`HeadPrunedAttention` with :func:`harness.modelio.register_module_type` and does
+nothing else.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.modelio import register_module_type
+
 
 def qkv_weights(mha: nn.MultiheadAttention) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The q, k and v projection weights of ``mha`` (packed or separate), each inner x in."""
@@ -34,6 +38,7 @@ def qkv_weights(mha: nn.MultiheadAttention) -> tuple[torch.Tensor, torch.Tensor,
     return mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
 
 
+@register_module_type  # a head-pruned network is saved and restored by harness.modelio
 class HeadPrunedAttention(nn.MultiheadAttention):
     """Attention with ``num_heads`` heads of ``head_dim`` over ``embed_dim``-wide tokens.
 

@@ -647,6 +647,7 @@ class Plot(Plugin):
 
 
 def _options_dict(options: Any) -> dict[str, Any]:
+    """A plugin's options (dataclass, pydantic model or mapping) as a plain dict, e.g. for a cache key."""
     if options is None:
         return {}
     if dataclasses.is_dataclass(options):

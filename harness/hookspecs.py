@@ -20,7 +20,9 @@ import pluggy
 
 PROJECT = "bench"
 
+#: marks the hook specifications below (diffbench's side of the contract)
 hookspec = pluggy.HookspecMarker(PROJECT)
+#: marks a plugin's hook implementations: ``@hookimpl def bench_register_pruners(register): ...``
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 Register = Callable[[type], None]

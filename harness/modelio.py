@@ -5,25 +5,69 @@ freshly built network. :func:`net_state` records, next to the tensors, the
 shape-defining attributes of every standard layer (channels, features, groups, heads);
 :func:`restore_net` puts those attributes and parameter shapes back on a freshly built
 network of the same family before loading the weights. A module of a class the family
-does not build (:data:`REBUILDABLE`, e.g. the :class:`~harness.attention.HeadPrunedAttention`
-that head pruning puts in place of ``nn.MultiheadAttention``) is recorded by class name
-and constructor arguments, and :func:`restore_net` swaps a new one in at its name. No
-pickle is involved and classes come from that fixed table, so an untrusted cache file
-cannot execute code.
+does not build (e.g. the :class:`~harness.attention.HeadPrunedAttention` that head
+pruning puts in place of ``nn.MultiheadAttention``) must be registered with
+:func:`register_module_type`: it is recorded by type name and constructor arguments,
+and :func:`restore_net` swaps a new one in at its name. No pickle is involved and
+classes come only from that registry, so an untrusted cache file cannot execute code.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from harness.attention import HeadPrunedAttention
+T = TypeVar("T", bound=nn.Module)
 
-#: classes a cached net may hold in place of the module its family builds (name -> class);
-#: each has ``shape_config()`` (JSON-able) and is rebuilt as ``cls(**shape_config)``
-REBUILDABLE: dict[str, type[nn.Module]] = {"HeadPrunedAttention": HeadPrunedAttention}
+
+@dataclass(frozen=True)
+class _ModuleType:
+    cls: type[nn.Module]
+    config: Callable[[nn.Module], dict[str, Any]]
+
+
+#: rebuildable module types by recorded name (filled by :func:`register_module_type`)
+_TYPES: dict[str, _ModuleType] = {}
+
+
+def register_module_type(
+    cls: type[T], config: Callable[[T], dict[str, Any]] | None = None, *, name: str | None = None
+) -> type[T]:
+    """Let :func:`net_state` / :func:`restore_net` record and rebuild modules of ``cls``.
+
+    For a module class a pruner puts into a network in place of one the family builds
+    (a family's fresh network cannot hold it, so restoring needs to build one). Register
+    it in the module that defines the class or the plugin that uses it, so that every
+    process that loads the plugins (including executor workers) can restore it. Usable
+    as a class decorator.
+
+    :param cls: the ``nn.Module`` subclass; it is rebuilt as ``cls(**config(module))``
+        and then receives the saved tensors.
+    :param config: ``module -> JSON-able constructor arguments`` that fix its parameter
+        shapes; defaults to the class's ``shape_config()`` method.
+    :param name: the name recorded in saved metadata (default ``cls.__name__``). It must
+        stay the same across versions, or saved networks no longer restore.
+    :raises ValueError: ``name`` is taken by another class, or ``cls`` has no
+        ``shape_config`` and no ``config`` is given.
+    """
+    key = name or cls.__name__
+    if config is None:
+        if not callable(getattr(cls, "shape_config", None)):
+            raise ValueError(f"register_module_type: {cls.__qualname__} has no shape_config(); pass config=")
+        config = cls.shape_config
+    existing = _TYPES.get(key)
+    if existing is not None and existing.cls is not cls:
+        raise ValueError(
+            f"register_module_type: the name {key!r} is taken by {existing.cls.__module__}.{existing.cls.__qualname__}; "
+            f"register {cls.__module__}.{cls.__qualname__} with another name="
+        )
+    _TYPES[key] = _ModuleType(cls, config)
+    return cls
+
 
 #: attributes that define a layer's shape, per layer type (what torch-pruning edits)
 SHAPE_ATTRS: dict[type, tuple[str, ...]] = {
@@ -55,14 +99,15 @@ def net_state(net: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors (state dict, on CPU) and JSON-able shape metadata of ``net``.
 
     Metadata: ``modules`` (name -> shape attributes of each standard layer) and, when
-    ``net`` holds :data:`REBUILDABLE` modules, ``rebuild`` (name -> ``{"type", "config"}``).
+    ``net`` holds modules of a registered type (:func:`register_module_type`),
+    ``rebuild`` (name -> ``{"type", "config"}``).
     """
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
-    classes = {cls: name for name, cls in REBUILDABLE.items()}
+    names = {t.cls: key for key, t in _TYPES.items()}
     rebuild = {
-        name: {"type": classes[type(m)], "config": m.shape_config()}  # type: ignore[operator]
+        name: {"type": names[type(m)], "config": _TYPES[names[type(m)]].config(m)}
         for name, m in net.named_modules()
-        if type(m) in classes
+        if type(m) in names
     }
     modules = {name: attrs for name, m in net.named_modules() if name not in rebuild and (attrs := _shape_attrs(m))}
     meta: dict[str, Any] = {"modules": modules}
@@ -73,13 +118,14 @@ def net_state(net: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 def _rebuild(net: nn.Module, name: str, spec: dict[str, Any]) -> None:
     """Put a new module of the recorded class and shape at ``name`` (same device, dtype, mode)."""
-    cls = REBUILDABLE.get(spec.get("type", ""))
-    if cls is None or not name:
+    known = _TYPES.get(spec.get("type", ""))
+    if known is None or not name:
         raise ValueError(
-            f"restore_net: cannot rebuild module {name!r} of type {spec.get('type')!r}; known: {sorted(REBUILDABLE)}"
+            f"restore_net: cannot rebuild module {name!r} of type {spec.get('type')!r}; registered types: "
+            f"{sorted(_TYPES)} (harness.register_module_type; import the module that registers it)"
         )
     old = net.get_submodule(name)
-    new = cls(**spec["config"])
+    new = known.cls(**spec["config"])
     ref = next(old.parameters(), None)
     if ref is not None:
         new = new.to(device=ref.device, dtype=ref.dtype)

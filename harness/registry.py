@@ -2,15 +2,21 @@
 
 Built-in plugins reach the core the same way third-party ones do: through the ``bench``
 entry-point group. ``DIFFBENCH_BLOCK_PLUGINS`` (comma-separated entry-point names or
-distribution names) keeps plugins from loading.
+distribution names) keeps plugins from loading. A third-party plugin that fails to
+import is a load error (a warning; the other plugins still work), but a built-in never
+vanishes silently: when another module named ``plugins`` shadows diffbench's, loading
+stops with a one-line :class:`~harness.errors.UserError` naming that module's path.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
+import importlib.util
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -22,6 +28,8 @@ from harness.errors import PluginError, UserError, did_you_mean, valid_choices
 log = logging.getLogger(__name__)
 
 BLOCK_ENV = "DIFFBENCH_BLOCK_PLUGINS"
+#: the distribution whose entry points are the built-ins
+BUILTIN_DIST = "diffbench"
 
 _HOOK_OF_KIND = {kind: f"bench_register_{kind}" for kind in PLUGIN_KINDS}
 
@@ -87,6 +95,41 @@ class Registry:
         return self.plugins[kind][name]
 
 
+def _plugins_location() -> list[Path]:
+    """Folder(s) of the module that ``import plugins`` finds in this process (may be none)."""
+    module = sys.modules.get("plugins")
+    if module is not None:
+        paths = list(getattr(module, "__path__", None) or [])
+        if not paths and getattr(module, "__file__", None):
+            paths = [str(Path(module.__file__).parent)]
+    else:
+        spec = importlib.util.find_spec("plugins")
+        paths = list(spec.submodule_search_locations or []) if spec is not None else []
+    return [Path(p).resolve() for p in paths]
+
+
+def check_builtins_importable(ep: md.EntryPoint, error: BaseException | None) -> None:
+    """Stop with a one-line UserError when a module named ``plugins`` shadows the built-ins.
+
+    diffbench installs ``plugins`` next to ``harness``; any other ``plugins`` earlier on
+    ``sys.path`` (a project folder, another package) hides them, and without this check
+    every built-in would vanish behind a warning. ``error`` is what loading ``ep`` raised
+    (None if it loaded): a built-in that fails to import without being shadowed is a bug,
+    re-raised with its traceback.
+    """
+    expected = (Path(__file__).resolve().parent.parent / "plugins").resolve()
+    found = _plugins_location()
+    if expected in found:
+        if error is not None:
+            raise error
+        return
+    where = ", ".join(str(p) for p in found) or "(nowhere)"
+    raise UserError(
+        f"diffbench's built-in plugins cannot be imported: the module 'plugins' at {where} shadows {expected} "
+        f"(entry point '{ep.name}' = {ep.value}); rename that package or take its folder off sys.path / PYTHONPATH"
+    ) from error
+
+
 def _blocked() -> set[str]:
     raw = os.environ.get(BLOCK_ENV, "")
     return {item.strip() for item in raw.split(",") if item.strip()}
@@ -114,10 +157,14 @@ def get_plugin_manager(load_entrypoints: bool = True, extra: list[Any] | None = 
             try:
                 plugin = ep.load()
             except Exception as exc:  # a broken third-party plugin must not break the CLI
+                if dist == BUILTIN_DIST:
+                    check_builtins_importable(ep, exc)
                 msg = f"plugin entry point '{ep.name}' ({ep.value}, {dist}) failed to import: {type(exc).__name__}: {exc}"
                 log.warning(msg)
                 pm._diffbench_load_errors = [*getattr(pm, "_diffbench_load_errors", []), msg]  # type: ignore[attr-defined]
                 continue
+            if dist == BUILTIN_DIST:  # imported, but maybe a same-named module from elsewhere
+                check_builtins_importable(ep, None)
             pm.register(plugin, name=ep.name)
             pm._diffbench_dists = {**getattr(pm, "_diffbench_dists", {}), ep.name: ep.dist}  # type: ignore[attr-defined]
     for i, plugin in enumerate(extra or []):

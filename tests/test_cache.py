@@ -168,26 +168,3 @@ def test_a_run_removes_fragment_leftovers_of_a_killed_run(tmp_path) -> None:
     runner.run(matrix, [*small[:2], "matrix.seed=[1]"], results_dir=str(tmp_path), stream=io.StringIO(),
                interactive=False)
     assert not leftover.exists() and not cache_left.exists()
-
-
-def test_macs_counted_by_an_older_counter_are_counted_again(tmp_path) -> None:
-    import json
-    from pathlib import Path
-
-    from harness.config import load_matrix
-    from harness.engine import Engine, measure_macs
-    from harness.planner import plan_cells
-
-    matrix = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic.toml"
-    cfg = load_matrix(matrix, ['matrix.pruning_method=["none"]', "matrix.cfg_scale=[1.0]", "matrix.seed=[0]"],
-                      results_dir=str(tmp_path))
-    spec = plan_cells(cfg)[0].variant
-    first = Engine(cfg, tmp_path / ".cache").variant(spec)
-    assert first.macs == measure_macs(first.model)
-    meta_file = next((tmp_path / ".cache" / "model").glob("*/meta.json"))
-    meta = json.loads(meta_file.read_text())
-    assert meta.pop("macs_version") == 2
-    meta["macs"] = 1.0  # what an older counter (blind to attention) stored, without a version
-    meta_file.write_text(json.dumps(meta))
-    again = Engine(cfg, tmp_path / ".cache").variant(spec)
-    assert again.macs == first.macs

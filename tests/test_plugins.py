@@ -24,15 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "diffbench-example-plugin"
 
 
-@pytest.fixture(autouse=True)
-def _threads() -> None:
-    # overrides conftest's: tiny tensors, where a second intra-op thread only adds
-    # synchronisation (badly so on a busy machine)
-    import torch
-
-    torch.set_num_threads(1)
-
-
 @pytest.fixture
 def make_module(tmp_path, monkeypatch):
     """``make_module(name, source)``: write and import a real module (it has its own source)."""
@@ -347,3 +338,37 @@ def test_a_register_hook_that_raises_is_a_load_error_not_a_crash(caplog):
     (error,) = [e for e in registry.load_errors if "raising_plugin" in e]
     assert error.endswith("bench_register_metrics failed: RuntimeError: broken on purpose")
     assert "broken on purpose" in caplog.text
+
+
+# ----------------------------------------------------------------------------- shadowed built-ins
+
+
+@pytest.mark.parametrize("complete", [False, True], ids=["missing-submodules", "look-alike"])
+def test_a_shadowing_plugins_package_stops_bench_with_one_line(tmp_path, complete):
+    """Another package named ``plugins`` earlier on sys.path: a one-line error naming it, exit 2."""
+    fake = tmp_path / "plugins"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('"""Someone else\'s plugins package."""\n')
+    if complete:  # it even has the submodules the entry points name: still not diffbench's
+        for sub in ("datasets", "models", "pruning", "metrics", "executors", "plots"):
+            (fake / f"{sub}.py").write_text("")
+    env = dict(_env(), PYTHONPATH=f"{tmp_path}:{REPO}")
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "list", "pruners"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: diffbench's built-in plugins cannot be imported: the module 'plugins' at "
+                                 f"{fake.resolve()} shadows {(REPO / 'plugins').resolve()}")
+    assert "take its folder off sys.path" in out.stderr
+
+
+def test_a_broken_builtin_that_is_not_shadowed_keeps_its_traceback(monkeypatch):
+    import importlib.metadata as md
+
+    from harness import registry
+
+    (ep,) = [e for e in md.entry_points(group="bench") if e.name == "pruning"]
+    boom = ImportError("a bug in a built-in")
+    with pytest.raises(ImportError, match="a bug in a built-in"):
+        registry.check_builtins_importable(ep, boom)
+    registry.check_builtins_importable(ep, None)  # diffbench's own plugins: nothing to say

@@ -30,8 +30,7 @@ from typing import Any
 
 import torch
 
-from harness.base import Conditions, Dataset, ImageBatch, options_dict
-from harness.errors import MissingFileError, UserError
+from harness import Conditions, Dataset, ImageBatch, MissingFileError, UserError, options_dict
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +113,23 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:16]
+
+
+def write_fixture_images(folder: Path, names: list[str]) -> list[Path]:
+    """Write tiny 24x16 RGB images, one distinct flat colour each (for ``contract_fixtures``).
+
+    Non-square, so the centre crop of every dataset is exercised; the format follows each
+    name's suffix (``.jpg`` or ``.png``).
+    """
+    from PIL import Image
+
+    paths = []
+    for i, name in enumerate(names):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 16), (40 + 35 * (i % 6), 230 - 30 * (i % 7), 60 + 50 * (i % 4))).save(path)
+        paths.append(path)
+    return paths
 
 
 def seeded_order(n: int, seed: int, salt: int = 0) -> list[int]:

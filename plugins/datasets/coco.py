@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.errors import MissingFileError, UserError
+from harness import MissingFileError, UserError
 from plugins.datasets._images import (
     Item,
     LocalImageDataset,
@@ -38,6 +38,7 @@ from plugins.datasets._images import (
     check_root,
     clean_caption,
     resolve_root,
+    write_fixture_images,
 )
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,19 @@ class CocoDataset(LocalImageDataset):
     name = "coco"
     Options = Options
     num_classes = None
+
+    @classmethod
+    def contract_fixtures(cls, folder: Path) -> dict[str, Any]:
+        """Six captioned images in the COCO layout under ``folder`` (harness.testing's contract)."""
+        ids = list(range(1, 7))
+        write_fixture_images(folder / "val2017", [f"{i:012d}.jpg" for i in ids])
+        data = {
+            "images": [{"id": i, "file_name": f"{i:012d}.jpg", "height": 16, "width": 24} for i in ids],
+            "annotations": [{"id": 100 + i, "image_id": i, "caption": f"picture {i}"} for i in ids],
+        }
+        (folder / "annotations").mkdir(parents=True, exist_ok=True)
+        annotation_file(folder, "val2017").write_text(json.dumps(data))
+        return {"options": {"root": str(folder), "image_size": 16, "max_items": 4}}
 
     def layout(self) -> str:
         return layout(self.options.split)

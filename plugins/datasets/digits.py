@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.base import Conditions, Dataset, ImageBatch
+from harness import Conditions, Dataset, ImageBatch
 
 SPLITS = ("train", "reference")
 PROMPT = "a handwritten digit {}"

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.errors import MissingFileError, UserError
+from harness import MissingFileError, UserError
 from plugins.datasets._images import (
     Item,
     LocalImageDataset,
@@ -37,6 +37,7 @@ from plugins.datasets._images import (
     clean_caption,
     is_image_name,
     resolve_root,
+    write_fixture_images,
 )
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,17 @@ class Flickr8kDataset(LocalImageDataset):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._captions: dict[str, list[str]] | None = None
+
+    @classmethod
+    def contract_fixtures(cls, folder: Path) -> dict[str, Any]:
+        """Eight captioned images in the official Flickr8k layout under ``folder`` (harness.testing)."""
+        names = [f"{1000 + i}_fixture.jpg" for i in range(8)]
+        write_fixture_images(folder / IMAGE_DIRS[0], names)
+        captions = [f"{n}#{k}\tpicture {n} , caption {k} .\n" for n in names for k in (0, 1)]
+        (folder / TOKEN_FILE).write_text("".join(captions))
+        for split, part in {"train": names[:4], "dev": names[4:6], "test": names[6:]}.items():
+            (folder / SPLIT_FILES[split]).write_text("\n".join(part) + "\n")
+        return {"options": {"root": str(folder), "image_size": 16}}
 
     def layout(self) -> str:
         return LAYOUT

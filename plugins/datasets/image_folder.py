@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.errors import MissingFileError, UserError
+from harness import MissingFileError, UserError
 from plugins.datasets._images import (
     Item,
     LocalImageDataset,
@@ -45,6 +45,7 @@ from plugins.datasets._images import (
     limit,
     resolve_root,
     seeded_order,
+    write_fixture_images,
 )
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,13 @@ class ImageFolderDataset(LocalImageDataset):
         self._items: list[Item] | None = None
         self._classes: list[str] | None = None
         self._csv = captions_path(self.root, self.options.captions)
+
+    @classmethod
+    def contract_fixtures(cls, folder: Path) -> dict[str, Any]:
+        """Six images in two class folders under ``folder`` (harness.testing's contract)."""
+        names = [f"{c}/{i}.{ext}" for c in ("cat", "dog") for i, ext in enumerate(("png", "jpg", "png"))]
+        write_fixture_images(folder, names)
+        return {"options": {"root": str(folder), "image_size": 16}}
 
     def layout(self) -> str:
         return LAYOUT

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from harness.base import Executor, Worker, WorkUnit
+from harness import Executor, Worker, WorkUnit
 
 
 class LocalExecutor(Executor):

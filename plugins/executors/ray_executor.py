@@ -29,8 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.base import Executor, Worker, WorkUnit
-from harness.errors import UserError
+from harness import Executor, UserError, Worker, WorkUnit
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +75,11 @@ class RayExecutor(Executor):
         if not _ray_importable():
             # here, not in run(): the runner creates the executor before any work starts
             raise UserError(MISSING_RAY)
+
+    @classmethod
+    def contract_fixtures(cls, folder: Any) -> dict[str, Any]:
+        """harness.testing's contract skips (with the reason) where the optional extra is missing."""
+        return {} if _ray_importable() else {"skip": MISSING_RAY}
 
     def run(self, units: Iterable[WorkUnit], worker: Worker) -> Iterator[Any]:
         try:

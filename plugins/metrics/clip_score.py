@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness.base import Metric, MetricContext
-from harness.errors import ConfigError, MissingFileError, did_you_mean
+from harness import ConfigError, Metric, MetricContext, MissingFileError, did_you_mean
 
 log = logging.getLogger(__name__)
 

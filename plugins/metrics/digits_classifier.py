@@ -43,8 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.base import Dataset, MetricContext
-from harness.cache import stable_hash
+from harness import Dataset, MetricContext, stable_hash
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from harness.base import Metric, MetricContext
+from harness import Metric, MetricContext
 from plugins.metrics import _trajectory_math as tm
 
 __all__ = ["EffectiveDim95", "ParticipationRatio", "TrajectoryDimensionality"]

@@ -30,9 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness.base import Metric, MetricContext
-from harness.env import offline
-from harness.errors import MissingFileError
+from harness import Metric, MetricContext, MissingFileError, offline
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +235,7 @@ class FID(Metric):
             "split": "reference",
             "dataset": ctx.dataset.config_key(),
         }
-        from harness.cache import stable_hash
+        from harness import stable_hash
 
         label = f"{ctx.dataset.name}:reference@{getattr(ctx.dataset, 'image_size', '?')}px/{extractor_name}"
         root = ctx.cache.root.resolve() if ctx.cache is not None else "mem"

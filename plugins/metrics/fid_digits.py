@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from harness.base import Metric, MetricContext
+from harness import Metric, MetricContext
 
 
 class FIDDigits(Metric):

@@ -26,9 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from harness.base import Metric, MetricContext
-from harness.env import offline
-from harness.errors import MissingFileError
+from harness import Metric, MetricContext, MissingFileError, offline
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from harness.base import DiffusionModel, ImageBatch, Metric, MetricContext
+from harness import DiffusionModel, ImageBatch, Metric, MetricContext
 from plugins.metrics import _trajectory_math as tm
 
 __all__ = ["EpsAgreement", "NoiseOptions", "NoisePredictionMSE", "evaluation_timesteps"]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-from harness.base import Metric, MetricContext
-from harness.errors import CellError
+from harness import CellError, Metric, MetricContext
 
 
 def _stat(ctx: MetricContext, key: str, metric: str) -> float:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from harness.base import Metric, MetricContext
+from harness import Metric, MetricContext
 from plugins.metrics import _trajectory_math as tm
 from plugins.metrics.dimensionality import EffectiveDim95, ParticipationRatio, TrajectoryDimensionality
 from plugins.metrics.noise_prediction import EpsAgreement, NoisePredictionMSE

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from harness.base import Conditions, Metric, MetricContext
-from harness.errors import CellError
-from harness.schema import encode_blob
+from harness import CellError, Conditions, Metric, MetricContext, encode_blob
+from plugins._fixtures import TINY_UNET
 
 __all__ = [
     "VISUAL_METRICS",
@@ -288,6 +288,11 @@ class AttentionMaps(Metric):
     higher_is_better = True
     requires: ClassVar[frozenset[str]] = frozenset({"model", "reference_samples", "conditions"})
     Options: ClassVar[Any] = AttentionMapsOptions
+
+    @classmethod
+    def contract_fixtures(cls, folder: Path) -> dict[str, Any]:
+        """The contract's model: a tiny UNet (the stand-in model has no attention, so no rows)."""
+        return {"model": TINY_UNET}
 
     def compute(self, ctx: MetricContext) -> list[dict[str, Any]]:
         model = ctx.model

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness.base import Plot
+from harness import Plot
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -413,7 +413,7 @@ def spread_note(stats: pd.DataFrame, spread: str = "error bars / bands") -> str:
 def averaged_note(df: pd.DataFrame, shown: Iterable[str]) -> str:
     """Name the axes that vary in ``df`` but are not shown (so they were averaged over)."""
     shown = set(shown) | {"seed", "metric", "value", "timestep"}
-    from harness.schema import COLUMNS
+    from harness import COLUMNS
 
     axes = [a for a in _OTHER_AXES if a in df and a not in shown]
     axes += sorted(c for c in df.columns if c not in COLUMNS and c not in shown and c not in ("reference_value", "delta"))

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness.schema import COLUMNS, decode_blob
+from harness import COLUMNS, decode_blob
 from plugins.plots import _style as st
 
 if TYPE_CHECKING:  # pragma: no cover

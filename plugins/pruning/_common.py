@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from harness.errors import ConfigError
+from harness import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def count_macs(net: nn.Module, example_inputs: Sequence[Any]) -> int:
     """Multiply-accumulates of one forward pass on ``example_inputs`` (flops / 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from harness.attention import register_flop_formulas
+    from harness import register_flop_formulas
 
     register_flop_formulas()  # attention kernels count too (idempotent)
 

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from harness.base import Pruner
+# imported here, not in prune(): loading the plugin registers the module type, so any
+# process that loads the plugins can restore a head-pruned network (harness.modelio)
+from harness import HeadPrunedAttention, Pruner
+from plugins._fixtures import TINY_UNET
 from plugins.pruning._common import protect_field
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     import torch
     from torch import nn
 
-    from harness.base import DiffusionModel, PruneContext
+    from harness import DiffusionModel, PruneContext
 
 
 @dataclass
@@ -63,11 +68,15 @@ class AttentionHeadPruner(Pruner):
     #: "2": heads are removed physically (version 1 zeroed them); old cached variants are stale
     cache_version: ClassVar[str] = "2"
 
+    @classmethod
+    def contract_fixtures(cls, folder: Path) -> dict[str, Any]:
+        """Pruned by the contract: a tiny UNet, not the stand-in model (it has no attention)."""
+        return {"model": TINY_UNET}
+
     def prune(self, model: DiffusionModel, rate: float, ctx: PruneContext) -> DiffusionModel:
         import torch
         from torch import nn
 
-        from harness.attention import HeadPrunedAttention
         from plugins.pruning import _common
 
         rate = _common.check_rate(rate, self.name)
@@ -106,7 +115,7 @@ def head_l1(mha: nn.MultiheadAttention) -> torch.Tensor:
     """Per-head L1 norm of the head's q/k/v rows (with biases) and out_proj columns."""
     import torch
 
-    from harness.attention import qkv_weights
+    from harness import qkv_weights
 
     d = mha.head_dim
     parts = list(qkv_weights(mha))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from harness.base import Pruner
+from harness import Pruner
 from plugins.pruning._common import protect_field
 
 if TYPE_CHECKING:  # pragma: no cover
-    from harness.base import DiffusionModel, PruneContext
+    from pathlib import Path
+
+    from harness import DiffusionModel, PruneContext
 
 
 @dataclass
@@ -53,6 +55,11 @@ class IterativePruner(Pruner):
     name = "iterative"
     Options = IterativeOptions
     removes_structure: ClassVar[bool] = False
+
+    @classmethod
+    def contract_fixtures(cls, folder: Path) -> dict[str, Any]:
+        """The contract checks behaviour, not convergence: 2 rounds of 2 fine-tune steps."""
+        return {"options": {"rounds": 2, "finetune_steps": 2}}
 
     def prune(self, model: DiffusionModel, rate: float, ctx: PruneContext) -> DiffusionModel:
         import torch

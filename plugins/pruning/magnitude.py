@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from harness.base import Pruner
+from harness import Pruner
 from plugins.pruning._common import protect_field
 
 if TYPE_CHECKING:  # pragma: no cover
-    from harness.base import DiffusionModel, PruneContext
+    from harness import DiffusionModel, PruneContext
 
 
 @dataclass

@@ -8,14 +8,16 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from harness.base import Pruner
-from harness.modelio import net_state, restore_net
+from harness import Pruner, net_state, restore_net
+from plugins._fixtures import TINY_UNET
 from plugins.pruning._common import protect_field
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     import torch
 
-    from harness.base import DiffusionModel, PruneContext
+    from harness import DiffusionModel, PruneContext
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,11 @@ class StructuredPruner(Pruner):
     name = "structured"
     Options = StructuredOptions
     removes_structure: ClassVar[bool] = True
+
+    @classmethod
+    def contract_fixtures(cls, folder: Path) -> dict[str, Any]:
+        """Pruned by the contract: a tiny UNet, not the stand-in model (its only channels feed a protected embedding)."""
+        return {"model": TINY_UNET}
 
     def prune(self, model: DiffusionModel, rate: float, ctx: PruneContext) -> DiffusionModel:
         import torch
@@ -358,7 +365,7 @@ def _assign_global(components: list[list[_Plan]], rate: float) -> None:
 def _refuse_head_pruned(net: Any) -> None:
     """Fail clearly on head-pruned attention: torch-pruning's attention handler assumes
     heads x head_dim = embed_dim and would index out of range (or prune wrong rows)."""
-    from harness.attention import HeadPrunedAttention
+    from harness import HeadPrunedAttention
 
     for name, m in net.named_modules():
         if isinstance(m, HeadPrunedAttention):

@@ -12,20 +12,56 @@ project with diffbench installed a test module can check its own classes::
         metric_cls = MyMetric
 
 Every built-in plugin runs through the same checks (``tests/test_contracts.py``). The
-checks use the ``synthetic`` stand-in model and dataset, so they need no training and no
+checks use this package's own stand-in model and dataset (``harness.testing.stand_ins``:
+no plugin needed, so they run with the built-ins blocked), need no training and no
 downloads; a metric that needs pretrained weights it cannot find is skipped with the
-reason. Fixtures: ``bench_registry`` (a fresh registry of the installed plugins),
-``bench_tmp_cache`` (an empty artifact cache).
+reason. pytest fixtures: ``bench_registry`` (a fresh registry of the installed
+plugins), ``bench_tmp_cache`` (an empty artifact cache).
+
+A plugin that needs its own small fixtures for the checks (a dataset folder, cheaper
+options, a model with attention) supplies them from a classmethod, as diffusers' test
+classes supply ``get_dummy_inputs``::
+
+    @classmethod
+    def contract_fixtures(cls, folder: Path) -> dict[str, Any]:
+        return {"options": {"root": str(write_tiny_copy(folder))}}
+
+``folder`` is an empty temporary folder; the call happens once per session. Keys (all
+optional): ``options`` (constructor options for the checks; a test class's own
+``*_options`` update them), ``model`` (``(family name, options)``: a registered model
+family whose model, built on the stand-in dataset, replaces the stand-in model in the
+pruner and metric checks) and ``skip`` (a reason to skip the checks, e.g. a missing
+optional dependency).
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
+import importlib
 import math
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+
+#: helpers re-exported lazily: this module is a pytest plugin loaded by every pytest
+#: session in an environment with diffbench, and must not import torch or diffusers
+_LAZY = {
+    **dict.fromkeys(["StandInDataset", "StandInNet", "metric_context", "prune_context", "tiny_dataset", "tiny_model"],
+                    "harness.testing.stand_ins"),
+    "tiny_sd_pipeline": "harness.testing.sd_pipeline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'harness.testing' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 @pytest.fixture
@@ -44,94 +80,48 @@ def bench_tmp_cache(tmp_path: Path) -> Any:
     return ArtifactCache(tmp_path / ".cache")
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------- contract fixtures
+
+#: what a plugin's ``contract_fixtures(folder)`` may return (see the module docstring)
+FIXTURE_KEYS = frozenset({"options", "model", "skip"})
 
 
-def _builtin(kind: str, name: str) -> Any:
-    # through the registry, as a third party would: harness never imports plugins/
+@functools.cache
+def contract_fixtures(cls: type) -> dict[str, Any]:
+    """The small test fixtures ``cls`` supplies for its contract (``{}`` if it has none).
+
+    Calls the classmethod ``cls.contract_fixtures(folder)`` once per session, with an
+    empty temporary folder for any files it writes (removed at exit).
+    """
+    hook = getattr(cls, "contract_fixtures", None)
+    if hook is None:
+        return {}
+    folder = Path(tempfile.mkdtemp(prefix=f"diffbench-{cls.__name__}-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    fixtures = dict(hook(folder))
+    unknown = sorted(set(fixtures) - FIXTURE_KEYS)
+    if unknown:
+        raise TypeError(f"{cls.__qualname__}.contract_fixtures returned {unknown}; valid keys: {sorted(FIXTURE_KEYS)}")
+    return fixtures
+
+
+def fixture_model(spec: tuple[str, dict[str, Any]], image_size: int = 16) -> Any:
+    """A fresh model of the registered family ``spec = (name, options)`` on the stand-in dataset.
+
+    Built with torch's global generator seeded 0 (same weights on every call); the global
+    state is restored afterwards.
+    """
+    import torch
+
     from harness.registry import build_registry
 
-    return build_registry().get(kind, name)
+    from harness.testing.stand_ins import tiny_dataset
 
-
-def tiny_dataset(image_size: int = 16) -> Any:
-    """The synthetic dataset at ``image_size`` (64 seeded images, 10 labels)."""
-    return _builtin("datasets", "synthetic")(image_size=image_size, num_images=64)
-
-
-def tiny_model(image_size: int = 16, hidden: int = 16, seed: int = 0) -> Any:
-    """A synthetic stand-in DiffusionModel with real conv weights."""
-    return _builtin("models", "synthetic")(hidden=hidden, seed=seed).build(tiny_dataset(image_size))
-
-
-def prune_context(model: Any, seed: int = 0) -> Any:
-    """A PruneContext over the synthetic dataset; ``finetune`` takes real optimizer steps."""
-    import torch
-
-    from harness.base import ImageBatch, PruneContext
-
-    data = tiny_dataset(model.sample_shape[-1]).load("train")
-
-    def finetune(m: Any, steps: int) -> Any:
-        params = [p for p in m.net.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=1e-3)
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(int(steps)):
-            x0 = data.images[:8]
-            noise = torch.randn(x0.shape, generator=gen)
-            t = torch.zeros(8, dtype=torch.long)
-            loss = ((m.predict_noise(m.add_noise(x0, noise, t), t, m.encode_conditions(data.conditions.slice(0, 8)))
-                     - noise) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return m
-
-    return PruneContext(
-        calibration=ImageBatch(data.images[:16], data.conditions.slice(0, 16)),
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(seed),
-        finetune=finetune,
-        example_inputs=model.example_inputs(2),
-        seed=seed,
-    )
-
-
-def metric_context(cache: Any = None, n: int = 16, image_size: int = 16, seed: int = 0) -> Any:
-    """A MetricContext with every field filled from the synthetic model (same noise)."""
-    import torch
-
-    from harness.base import MetricContext
-    from harness.planner import Cell, VariantSpec
-
-    ds = tiny_dataset(image_size)
-    model = tiny_model(image_size)
-    ref = tiny_model(image_size, hidden=16, seed=1)
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(n, 1, image_size, image_size, generator=gen)
-    cond = ds.sample_conditions(n, gen)
-    out = model.sample(noise, cond, cfg_scale=1.0, sampler="ddim", steps=4, record_trajectory=True)
-    ref_out = ref.sample(noise, cond, cfg_scale=1.0, sampler="ddim", steps=4, record_trajectory=True)
-    axes = {"size_factor": None, "pruning_method": "none", "pruning_rate": 0.0, "cfg_scale": 1.0,
-            "sampler": "ddim", "steps": 4, "seed": 0}
-    cell = Cell(axes, "contract", "contract[]", VariantSpec(None, "none", 0.0), {"num_samples": n}, {})
-    return MetricContext(
-        cell=cell,
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(seed),
-        dataset=ds,
-        samples=out.images,
-        reference_samples=ref_out.images,
-        trajectories=out.trajectory,
-        reference_trajectories=ref_out.trajectory,
-        timesteps=out.timesteps,
-        real_images=(ds.load("reference").images + 1) / 2,
-        conditions=cond,
-        model=model,
-        reference_model=ref,
-        sampling_stats={"generation_time": 0.01, "peak_memory_mb": 100.0},
-        cache=cache,
-    )
+    name, options = spec
+    family = build_registry().get("models", name, where="contract_fixtures model")(**options)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return family.build(tiny_dataset(image_size))
 
 
 def _skip_if_missing_weights(exc: BaseException) -> None:
@@ -145,10 +135,26 @@ def _skip_if_missing_weights(exc: BaseException) -> None:
 
 
 class _NameContract:
-    plugin_kind: ClassVar[str] = ""
+    #: the class attribute naming the plugin class, e.g. ``pruner_cls``; its options are
+    #: the attribute of the same stem, ``pruner_options``
+    cls_attr: ClassVar[str] = ""
 
     def _cls(self) -> type:
-        raise NotImplementedError
+        return getattr(self, self.cls_attr)
+
+    def _fixtures(self) -> dict[str, Any]:
+        return contract_fixtures(self._cls())
+
+    def _options(self) -> dict[str, Any]:
+        """The fixtures' options, updated by the test class's own ``*_options``."""
+        own = getattr(self, self.cls_attr.replace("_cls", "_options"))
+        return {**self._fixtures().get("options", {}), **own}
+
+    @pytest.fixture(autouse=True)
+    def _skip_by_fixtures(self) -> None:
+        reason = self._fixtures().get("skip")
+        if reason:
+            pytest.skip(reason)
 
     def test_has_name_and_docstring(self) -> None:
         cls = self._cls()
@@ -169,20 +175,25 @@ class PrunerContract(_NameContract):
     pruner_options: ClassVar[dict[str, Any]] = {}
     rates: ClassVar[tuple[float, ...]] = (0.3, 0.7)
 
-    def _cls(self) -> type:
-        return self.pruner_cls
+    cls_attr: ClassVar[str] = "pruner_cls"
 
     def make_model(self) -> Any:
-        """The model pruned by the checks: the synthetic stand-in (two convs, an embedding).
+        """The model pruned by the checks: a fresh one per call.
 
-        Override it for a pruner whose target is absent from the stand-in (attention
-        heads, channels not tied to a protected embedding); return a fresh model per call.
+        The fixtures' ``model`` if the pruner supplies one (for a target the stand-in
+        lacks: attention heads, channels that do not feed a protected embedding), else
+        the stand-in model (two convolutions, time and class embeddings).
         """
-        return tiny_model()
+        from harness.testing.stand_ins import tiny_model
+
+        spec = self._fixtures().get("model")
+        return fixture_model(spec) if spec else tiny_model()
 
     def _prune(self, rate: float, seed: int = 0) -> tuple[Any, Any]:
+        from harness.testing.stand_ins import prune_context
+
         model = self.make_model()
-        pruned = self.pruner_cls(**self.pruner_options).prune(model, rate, prune_context(model, seed))
+        pruned = self._cls()(**self._options()).prune(model, rate, prune_context(model, seed))
         return model, pruned
 
     def test_pruned_model_still_runs(self) -> None:
@@ -222,8 +233,7 @@ class MetricContract(_NameContract):
     metric_cls: ClassVar[type] = None  # type: ignore[assignment]
     metric_options: ClassVar[dict[str, Any]] = {}
 
-    def _cls(self) -> type:
-        return self.metric_cls
+    cls_attr: ClassVar[str] = "metric_cls"
 
     def test_declares_requirements(self) -> None:
         from harness.base import METRIC_REQUIREMENTS
@@ -237,10 +247,14 @@ class MetricContract(_NameContract):
 
     def _compute(self, cache: Any) -> list[dict[str, Any]]:
         from harness.metric_values import normalise_metric_result
+        from harness.testing.stand_ins import metric_context
 
         ctx = metric_context(cache)
+        spec = self._fixtures().get("model")
+        if spec:  # the metric needs what the stand-in lacks (e.g. attention maps)
+            ctx.model = ctx.reference_model = fixture_model(spec)
         try:
-            result = self.metric_cls(**self.metric_options).compute(ctx)
+            result = self._cls()(**self._options()).compute(ctx)
         except Exception as exc:
             _skip_if_missing_weights(exc)
             raise
@@ -267,11 +281,12 @@ class ModelFamilyContract(_NameContract):
     family_options: ClassVar[dict[str, Any]] = {}
     image_size: ClassVar[int] = 16
 
-    def _cls(self) -> type:
-        return self.family_cls
+    cls_attr: ClassVar[str] = "family_cls"
 
     def _build(self) -> tuple[Any, Any, Any]:
-        fam = self.family_cls(**self.family_options)
+        fam = self._cls()(**self._options())
+        from harness.testing.stand_ins import tiny_dataset
+
         ds = tiny_dataset(self.image_size)
         return fam, ds, fam.build(ds)
 
@@ -313,11 +328,10 @@ class DatasetContract(_NameContract):
     dataset_cls: ClassVar[type] = None  # type: ignore[assignment]
     dataset_options: ClassVar[dict[str, Any]] = {}
 
-    def _cls(self) -> type:
-        return self.dataset_cls
+    cls_attr: ClassVar[str] = "dataset_cls"
 
     def test_splits(self) -> None:
-        ds = self.dataset_cls(**self.dataset_options)
+        ds = self._cls()(**self._options())
         for split in ("train", "reference"):
             batch = ds.load(split)
             imgs = batch.images
@@ -329,7 +343,7 @@ class DatasetContract(_NameContract):
     def test_conditions_deterministic(self) -> None:
         import torch
 
-        ds = self.dataset_cls(**self.dataset_options)
+        ds = self._cls()(**self._options())
         a = ds.sample_conditions(20, torch.Generator().manual_seed(3))
         b = ds.sample_conditions(20, torch.Generator().manual_seed(3))
         assert len(a) == 20
@@ -344,12 +358,11 @@ class ExecutorContract(_NameContract):
     executor_cls: ClassVar[type] = None  # type: ignore[assignment]
     executor_options: ClassVar[dict[str, Any]] = {}
 
-    def _cls(self) -> type:
-        return self.executor_cls
+    cls_attr: ClassVar[str] = "executor_cls"
 
     def test_runs_every_unit(self) -> None:
         units = [[1, 2], [3], [4, 5, 6]]
-        got = list(self.executor_cls(**self.executor_options).run(units, _square_all))
+        got = list(self._cls()(**self._options()).run(units, _square_all))
         assert sorted(got) == [1, 4, 9, 16, 25, 36]
 
 
@@ -364,8 +377,7 @@ class PlotContract(_NameContract):
     plot_cls: ClassVar[type] = None  # type: ignore[assignment]
     plot_options: ClassVar[dict[str, Any]] = {}
 
-    def _cls(self) -> type:
-        return self.plot_cls
+    cls_attr: ClassVar[str] = "plot_cls"
 
     def test_empty_frame_draws_nothing(self, tmp_path: Path) -> None:
         import pandas as pd
@@ -373,7 +385,7 @@ class PlotContract(_NameContract):
         from harness.schema import COLUMNS
 
         df = pd.DataFrame({c: [] for c in COLUMNS})
-        assert self.plot_cls(**self.plot_options).draw(df, tmp_path) == []
+        assert self._cls()(**self._options()).draw(df, tmp_path) == []
 
 
 CONTRACTS = {
@@ -384,80 +396,3 @@ CONTRACTS = {
     "executors": (ExecutorContract, "executor_cls"),
     "plots": (PlotContract, "plot_cls"),
 }
-
-
-# ---------------------------------------------------------------------------- diffusers
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's byte -> printable character table (the base alphabet of byte-level BPE)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
-def tiny_sd_pipeline(folder: Path, seed: int = 0, sample_size: int = 8) -> Path:
-    """Save a tiny, randomly initialised Stable Diffusion pipeline of the real classes.
-
-    ``StableDiffusionPipeline`` with a 2-level ``UNet2DConditionModel`` (cross-attention,
-    ~0.8M parameters), a 2-level ``AutoencoderKL`` (latents 4 x ``sample_size``^2, images
-    8x larger), a 2-layer ``CLIPTextModel`` and a byte-level ``CLIPTokenizer`` built from
-    scratch (no merges), and a ``DDIMScheduler`` with SD's betas. Nothing is downloaded;
-    ``DiffusionPipeline.from_pretrained(folder, local_files_only=True)`` loads it. For
-    tests of diffusers-based plugins (the ``diffusers`` model runs the same code path as
-    on Stable Diffusion).
-    """
-    import json
-
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    folder = Path(folder)
-    tok_dir = folder / "_tokenizer_src"
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=32)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                num_attention_heads=4, max_position_embeddings=32, projection_dim=32,
-                bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                pad_token_id=vocab["<|endoftext|>"],
-            )
-        )  # fmt: skip
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64), layers_per_block=1, sample_size=sample_size, in_channels=4,
-            out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-            attention_head_dim=8, norm_num_groups=8,
-        )  # fmt: skip
-        vae = AutoencoderKL(
-            block_out_channels=[16, 32], in_channels=3, out_channels=3,
-            down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-            latent_channels=4, norm_num_groups=8, sample_size=sample_size * 2,
-        )  # fmt: skip
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1,
-    )  # fmt: skip
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
-    pipe.save_pretrained(str(folder))
-    return folder
