@@ -303,3 +303,7 @@ def _draw_plots(df: pd.DataFrame, registry: Any, fig_dir: Path) -> list[PlotOutc
             log.warning("plot %s failed: %s", name, outcome.error, exc_info=log.isEnabledFor(logging.DEBUG))
         outcomes.append(outcome)
     return outcomes
+
+
+__all__ = ["BenchmarkSection", "FailedCell", "PlotOutcome", "Report", "RunFacts", "SummaryTable", "ci_halfwidth",
+           "collect"]
