@@ -6,13 +6,14 @@ import base64
 import io
 import re
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
 import pytest
 
-from harness import hookimpl, report, runner
+from harness import hookimpl, report, report_data, runner
 from harness.base import Metric, MetricContext, Plot
 from harness.cli import main
 from harness.errors import UserError
@@ -187,6 +188,81 @@ def test_html_report_is_one_file_with_images_as_data_uris(html_report):
     assert "synthetic[method=magnitude,rate=0.5,cfg=1,seed=1]" in text
 
 
+class _Outline(HTMLParser):
+    """The headings of a page, checking on the way that every element is closed in order."""
+
+    VOID = frozenset({"meta", "img", "br", "link", "hr", "input"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str] = []
+        self.headings: list[tuple[str, str]] = []
+        self.counts: dict[str, int] = {}
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        self.counts[tag] = self.counts.get(tag, 0) + 1
+        if tag not in self.VOID:
+            self.open.append(tag)
+        if tag in ("h2", "h3", "h4"):
+            self.headings.append((tag, ""))
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open and self.open[-1] == tag, f"</{tag}> closes {self.open[-1:]}"
+        self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self.open and self.open[-1] in ("h2", "h3", "h4"):
+            tag, text = self.headings[-1]
+            self.headings[-1] = (tag, text + data)
+
+
+def test_html_report_parses_and_has_every_section(html_report):
+    """Without a browser: the page is well nested and has every section of the Markdown report."""
+    page = _Outline()
+    page.feed(html_report.read_text())
+    page.close()
+    assert page.open == []
+    assert [t for h, t in page.headings if h != "h4"] == ["synthetic", "Runs", "Summary", "Failed cells", "Figures"]
+    assert {"pruning_curves", "pruning_pareto", "pruning_summary", "pruning_json"} <= {
+        t for h, t in page.headings if h == "h4"}
+    assert (page.counts["style"], page.counts["script"], page.counts["table"], page.counts["dl"]) == (1, 1, 3, 1)
+
+
+def _no_plots(results: Path, out: Path, mp: pytest.MonkeyPatch) -> report.Report:
+    mp.setattr(report_data, "_draw_plots", lambda df, registry, fig_dir: [])  # the tables only: fast
+    return report.collect(results, out)
+
+
+def test_what_the_report_shows_is_escaped(results, tmp_path, monkeypatch):
+    """Plugin errors and cell error messages are text: HTML escapes them, Markdown keeps tables whole."""
+    rep = _no_plots(results, tmp_path, monkeypatch)
+    rep.plugin_errors = ["plugin <script>alert(1)</script> failed"]
+    rep.benchmarks[0].failed[0].errors = ['ValueError: a|b <b>"bold"</b> & more']
+    html_text = report.render_html(rep)
+    assert "<script>alert(1)" not in html_text and "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text
+    assert '<td class=err>ValueError: a|b &lt;b&gt;&#34;bold&#34;&lt;/b&gt; &amp; more</td>' in html_text
+    md_text = report.render_markdown(rep)
+    assert "> **Warning:** plugin <script>alert(1)</script> failed" in md_text
+    (row,) = [line for line in md_text.splitlines() if "ValueError: a" in line]
+    assert row.endswith('| ValueError: a\\|b <b>"bold"</b> & more |')
+
+
+def test_facts_that_differ_between_runs_are_listed_per_run(results, tmp_path, monkeypatch):
+    import copy
+
+    rep = _no_plots(results, tmp_path, monkeypatch)
+    (section,) = rep.benchmarks
+    other = copy.deepcopy(section.runs[0])
+    other.run_id, other.manifest["device"] = "other-run", "cuda:0"
+    section.runs.append(other)
+    run_id = _run_id(results)
+    md_text = report.render_markdown(rep)
+    assert f"- **device**:\n  - cpu (runs {run_id})\n  - cuda:0 (runs other-run)\n" in md_text
+    assert f"- **host**: {other.manifest['host']}\n" in md_text  # the same on both: said once
+    assert f"<dt>device</dt><dd>cpu (runs {run_id})<br>cuda:0 (runs other-run)</dd>" in report.render_html(rep)
+    assert "from 2 runs." in md_text
+
+
 #: appended to a copy of the report: once loaded, make every image load (the report's are
 #: lazy), wait for them, sort the summary by metric both ways, and report it all in the title
 _PROBE = """
@@ -259,7 +335,7 @@ def test_confidence_intervals_over_seeds(tmp_path, monkeypatch):
 
     overrides = [*SMALL[:3], "matrix.seed=[0, 1, 2]", 'metrics.names=["synthetic_quality"]']
     runner.run(SYNTHETIC, overrides, results_dir=str(tmp_path / "r"), stream=io.StringIO(), interactive=False)
-    monkeypatch.setattr(report, "_draw_plots", lambda df, registry, fig_dir: [])  # the table only: fast
+    monkeypatch.setattr(report_data, "_draw_plots", lambda df, registry, fig_dir: [])  # the table only: fast
     (section,) = report.collect(tmp_path / "r", tmp_path / "out").benchmarks
     table = {row[section.summary.headers.index("pruning_method")]: dict(zip(section.summary.headers, row))
              for row in section.summary.rows}
@@ -294,7 +370,7 @@ def test_a_failing_plot_is_listed_and_the_others_are_still_drawn(results, tmp_pa
 
 @pytest.mark.parametrize("where", ["root", "benchmark", "run"])
 def test_a_results_benchmark_or_run_folder_can_be_reported(where, results, tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "_draw_plots", lambda df, registry, fig_dir: [])  # facts only: fast
+    monkeypatch.setattr(report_data, "_draw_plots", lambda df, registry, fig_dir: [])  # facts only: fast
     run_id = _run_id(results)
     path = {"root": results, "benchmark": results / "synthetic", "run": results / "synthetic" / run_id}[where]
     rep = report.collect(path, tmp_path)
@@ -313,7 +389,7 @@ def test_cells_of_different_num_samples_are_not_averaged_together(results):
     df = load_results(results, with_reference=True)
     other = df.assign(num_samples=8, run_id="other", value=df["value"] + 1)  # a second configuration
     both = pd.concat([df, other], ignore_index=True)
-    summary = report._summarize(both)
+    summary = report_data._summarize(both)
     quality = summary[(summary.metric == "synthetic_quality") & (summary.role == "reference")]
     assert sorted(quality["num_samples"]) == [8, 16]
     assert (quality["n"] == 1).all()  # seed 0 of each configuration (seed 1 failed)
@@ -340,7 +416,8 @@ def test_unknown_format_is_a_user_error(results, tmp_path):
         report.write_report(results, tmp_path, fmt="pdf")  # type: ignore[arg-type]
 
 
-def test_the_report_module_does_not_import_plugins():
-    source = (REPO / "harness" / "report.py").read_text()
-    assert not re.search(r"^\s*(from|import)\s+plugins\b", source, re.MULTILINE)
+def test_the_report_modules_do_not_import_plugins():
+    for name in ("report.py", "report_data.py", "report_render.py"):
+        source = (REPO / "harness" / name).read_text()
+        assert not re.search(r"^\s*(from|import)\s+plugins\b", source, re.MULTILINE), name
 

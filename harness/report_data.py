@@ -1,0 +1,312 @@
+"""What ``bench report`` says about a results folder, gathered before any rendering.
+
+:func:`collect` reads the fragments under a path and, per benchmark, gathers the runs and
+their manifests, the summary table with confidence intervals, the failed cells and the
+figures of every plot plugin (drawn into ``<out>/figures/``). The result, a :class:`Report`,
+is plain data: :mod:`harness.report_render` turns it into Markdown or HTML.
+
+Confidence intervals are Student t intervals over seeds, ``mean ± t(0.975, n - 1) *
+s.d. / sqrt(n)`` with ``n`` the values averaged (one per seed); for the delta to the
+reference, the same over the per-seed paired differences. With ``n < 2`` there is no
+interval, and the table says so.
+
+Plots are found through the plugin registry, as ``bench plot`` does: the core knows
+no plot by name.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.base import option_fields
+from harness.errors import UserError
+from harness.results import add_reference, fragment_files, load_results
+from harness.store import MANIFEST
+from harness.tables import format_table, summarize
+from harness.tables import format_value as _fmt
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+FIGURES_DIR = "figures"
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class RunFacts:
+    """One run folder and what its ``_manifest.json`` says (``manifest`` None if it has none)."""
+
+    run_id: str
+    path: Path
+    manifest: dict[str, Any] | None
+    #: cells of this run that are live (not superseded) under the reported folder
+    live_cells: int = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return (self.manifest or {}).get(key, default)
+
+
+@dataclass
+class FailedCell:
+    """A live cell stored with ``status = "error"``."""
+
+    cell_name: str
+    cell_id: str
+    run_id: str
+    errors: list[str]
+    metrics: list[str]
+
+
+@dataclass
+class PlotOutcome:
+    """What one plot plugin produced for one benchmark: files, or the error it raised."""
+
+    name: str
+    description: str
+    files: list[Path] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class SummaryTable:
+    """:func:`harness.tables.format_table` as plain text cells (for Markdown and HTML)."""
+
+    headers: list[str]
+    right: list[bool]
+    rows: list[list[str]]
+    caption: str | None
+    #: some row has fewer than two values, so no confidence interval
+    few_values: bool = False
+
+
+@dataclass
+class BenchmarkSection:
+    """Everything the report says about one benchmark."""
+
+    name: str
+    runs: list[RunFacts]
+    live_ok: int
+    live_error: int
+    summary: SummaryTable
+    diagnostics: list[str]
+    failed: list[FailedCell]
+    plots: list[PlotOutcome]
+
+
+@dataclass
+class Report:
+    """A results folder's report, before rendering."""
+
+    source: Path
+    out_dir: Path
+    created: _dt.datetime
+    benchmarks: list[BenchmarkSection]
+    plugin_errors: list[str]
+
+
+# ----------------------------------------------------------------------------- collecting
+
+
+def collect(path: Path, out: Path) -> Report:
+    """Read the results under ``path``, draw the figures into ``out/figures/``, gather the facts."""
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder (give a results folder, a benchmark folder or a run folder)")
+    files = fragment_files(path)
+    if not files:
+        raise UserError(f"{path}: no results here (no <cell_id>.parquet fragments under it; give a results folder, "
+                        "a benchmark folder or a run folder)")
+    from harness.registry import build_registry
+
+    df = load_results(path)
+    with_ref = add_reference(df)
+    out.mkdir(parents=True, exist_ok=True)
+    registry = build_registry()
+    runs = _runs(path, files)
+    names = sorted(map(str, df["benchmark"].dropna().unique()))
+    sections = []
+    for name in names:
+        mask = (df["benchmark"].astype(str) == name).to_numpy()
+        part = df[mask].reset_index(drop=True)
+        fig_dir = out / FIGURES_DIR if len(names) == 1 else out / FIGURES_DIR / name
+        sections.append(_section(name, part, with_ref[mask].reset_index(drop=True), runs.get(name, []),
+                                 registry, fig_dir))
+    return Report(path, out, _dt.datetime.now(_dt.timezone.utc), sections, list(registry.load_errors))
+
+
+def _runs(path: Path, files: Sequence[Path]) -> dict[str, list[RunFacts]]:
+    """Run folders by benchmark: those holding the live fragments, plus (for a benchmark or
+    results folder) runs whose cells were all superseded or that stored nothing."""
+    dirs = {f.parent for f in files}
+    if path.is_dir():
+        if (path / MANIFEST).is_file():
+            dirs.add(path)
+        else:
+            for pattern in (f"*/{MANIFEST}", f"*/*/{MANIFEST}"):
+                for m in path.glob(pattern):
+                    rel = m.parent.relative_to(path).parts
+                    if not any(p.startswith(("_", ".")) for p in rel):
+                        dirs.add(m.parent)
+    live: dict[Path, int] = {}
+    for f in files:
+        live[f.parent] = live.get(f.parent, 0) + 1
+    out: dict[str, list[RunFacts]] = {}
+    for d in sorted(dirs):
+        manifest = None
+        try:
+            manifest = json.loads((d / MANIFEST).read_text())
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read %s: %s", d / MANIFEST, exc)
+        bench = str((manifest or {}).get("benchmark") or d.parent.name)
+        out.setdefault(bench, []).append(RunFacts(d.name, d, manifest, live.get(d, 0)))
+    return out
+
+
+def _section(name: str, df: pd.DataFrame, with_ref: pd.DataFrame, runs: list[RunFacts], registry: Any,
+             fig_dir: Path) -> BenchmarkSection:
+    """One benchmark's rows (``with_ref``: the same rows with their delta to the reference)."""
+    cells = df.drop_duplicates("cell_id")
+    status = cells["status"].astype(str)
+    # Diagnostic rows (an array in ``blob``) hold a count in ``value``, not a score: they
+    # are figures, not table rows.
+    diagnostic = sorted(map(str, df.loc[df["blob"].notna(), "metric"].unique())) if "blob" in df else []
+    table_rows = with_ref[~with_ref["metric"].astype(str).isin(diagnostic)]
+    summary = _plain_table(_summarize(table_rows)) if len(table_rows) else SummaryTable([], [], [], None)
+    return BenchmarkSection(
+        name=name,
+        runs=runs,
+        live_ok=int((status == "ok").sum()),
+        live_error=int((status == "error").sum()),
+        summary=summary,
+        diagnostics=diagnostic,
+        failed=_failed_cells(df),
+        plots=_draw_plots(df, registry, fig_dir),
+    )
+
+
+_STATS = ("metric", "higher_is_better", "mean", "std", "n", "errors", "delta_mean")
+#: the summary's headers in the report (``format_table``'s, then the ones this module adds)
+MEAN_CI, SD, DELTA = "mean ± 95% CI", "s.d.", "Δ vs reference ± 95% CI"
+
+
+def _summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """:func:`summarize`, but cells of different ``num_samples`` (a folder holding runs of
+    two configurations, docs/analysis.md) are kept apart rather than averaged together.
+
+    With a ``delta`` column, also ``delta_std`` and ``delta_n``: the s.d. and count of the
+    per-seed paired deltas, for their confidence interval.
+    """
+    by = None
+    summary = summarize(df)
+    if df["num_samples"].nunique() > 1:
+        by = [*(c for c in summary.columns if c not in _STATS), "num_samples"]
+        summary = summarize(df, by=by)
+    if "delta" in df:
+        # the deltas summarised as values: the same groups in the same order
+        deltas = summarize(df.drop(columns="delta").assign(value=df["delta"]), by=by)
+        keys = [c for c in summary.columns if c not in _STATS]
+        if len(deltas) == len(summary) and deltas[keys].reset_index(drop=True).equals(summary[keys]):
+            summary = summary.assign(delta_std=deltas["std"].to_numpy(), delta_n=deltas["n"].to_numpy())
+    return summary
+
+
+def ci_halfwidth(std: float, n: int, level: float = 0.95) -> float:
+    """Half-width of the Student t confidence interval of a mean of ``n`` values with s.d. ``std``.
+
+    ``t(1 - (1 - level) / 2, n - 1) * std / sqrt(n)``; NaN for ``n < 2``.
+    """
+    from scipy import stats
+
+    if n is None or n < 2 or std is None or math.isnan(std):
+        return math.nan
+    return float(stats.t.ppf(1 - (1 - level) / 2, n - 1) * std / math.sqrt(n))
+
+
+def _with_ci(mean: Any, std: Any, n: Any, signed: bool = False, note: str = " (n < 2, no CI)") -> str:
+    """``"0.512 ± 0.031"``; ``"0.512"`` + ``note`` for a single value; ``"-"`` for none."""
+    n = 0 if n is None or (isinstance(n, float) and math.isnan(n)) else int(n)
+    if n == 0 or mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    half = ci_halfwidth(float(std), n)
+    if math.isnan(half):
+        return f"{_fmt(float(mean), signed)}{note}"
+    return f"{_fmt(float(mean), signed)} ± {_fmt(half)}"
+
+
+def _plain_table(summary: pd.DataFrame) -> SummaryTable:
+    """The cells of ``bench results``' table, so the report shows the very same numbers,
+    with the mean and the delta given with their 95% confidence intervals."""
+    if "role" in summary:  # the reference first: it is what every other row is read against
+        order = (summary["role"].astype(str) != "reference").to_numpy().argsort(kind="stable")
+        summary = summary.iloc[order].reset_index(drop=True)
+    extra = [c for c in ("delta_std", "delta_n") if c in summary]
+    table = format_table(summary.drop(columns=extra))
+    columns = list(table.columns)
+    headers = [str(c.header) for c in columns]
+    cells = [[str(v) for v in c.cells] for c in columns]
+    right = [c.justify == "right" for c in columns]
+    # format_table's rows follow the summary's order: put the intervals in
+    i = headers.index("mean ± std")
+    headers[i: i + 1] = [MEAN_CI, SD]
+    cells[i: i + 1] = [[_with_ci(r.mean, r.std, r.n) for r in summary.itertuples()],
+                       [_fmt(r.std) for r in summary.itertuples()]]
+    right[i: i + 1] = [True, True]
+    if "Δ vs reference" in headers and extra:
+        j = headers.index("Δ vs reference")
+        headers[j] = DELTA
+        # (a single value is marked once, in the mean's column)
+        cells[j] = [_with_ci(r.delta_mean, r.delta_std, r.delta_n, signed=True, note="")
+                    for r in summary.itertuples()]
+    rows = [list(r) for r in zip(*cells)] if cells else []
+    caption = str(table.caption) if table.caption else None
+    few = bool(((summary["n"] < 2) & (summary["n"] > 0)).any())
+    return SummaryTable(headers, right, rows, caption, few)
+
+
+def _failed_cells(df: pd.DataFrame) -> list[FailedCell]:
+    """One entry per failed cell (a cell has a row per metric), its distinct messages once."""
+    err = df[df["status"].astype(str) == "error"]
+    out = []
+    for cell_id, rows in err.groupby(err["cell_id"].astype(str), sort=False):
+        messages = list(dict.fromkeys(str(e) for e in rows["error"] if isinstance(e, str) and e))
+        out.append(FailedCell(
+            cell_name=str(rows["cell_name"].iloc[0]) if rows["cell_name"].notna().any() else cell_id,
+            cell_id=cell_id,
+            run_id=str(rows["run_id"].iloc[0]),
+            errors=messages or ["(no message)"],
+            metrics=list(dict.fromkeys(map(str, rows["metric"]))),
+        ))
+    return sorted(out, key=lambda c: (c.cell_name, c.cell_id))
+
+
+def _draw_plots(df: pd.DataFrame, registry: Any, fig_dir: Path) -> list[PlotOutcome]:
+    """Every registered plot on ``df``; a plot that raises is recorded, not fatal."""
+    outcomes = []
+    for name in registry.names("plots"):
+        cls = registry.get("plots", name)
+        outcome = PlotOutcome(name, cls.describe())
+        try:
+            # the report is the complete view: where a plot can also compare methods, do
+            options = [f[0] for f in option_fields(getattr(cls, "Options", None))]
+            opts = {"compare": True} if "compare" in options else {}
+            outcome.files = sorted({Path(p) for p in (cls(**opts).draw(df, fig_dir) or [])})
+        except Exception as exc:  # a broken (third-party) plot must not cost the whole report
+            outcome.error = f"{type(exc).__name__}: {exc}".strip()
+            log.warning("plot %s failed: %s", name, outcome.error, exc_info=log.isEnabledFor(logging.DEBUG))
+        outcomes.append(outcome)
+    return outcomes
+
+
+__all__ = ["BenchmarkSection", "FailedCell", "PlotOutcome", "Report", "RunFacts", "SummaryTable", "ci_halfwidth",
+           "collect"]
