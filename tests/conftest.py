@@ -22,9 +22,29 @@ os.environ.pop("DIFFBENCH_BLOCK_PLUGINS", None)
 
 @pytest.fixture(autouse=True)
 def _threads() -> None:
+    # one intra-op thread: the test models are tiny, and on a busy machine a second thread
+    # costs more in synchronisation than it saves
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def extra_plugins(monkeypatch):  # noqa: ANN201
+    """``extra_plugins(obj, ...)``: every plugin manager the harness builds also registers these."""
+
+    def _install(*plugins: object) -> None:
+        from harness import registry, runner
+
+        original = registry.get_plugin_manager
+
+        def get_plugin_manager(load_entrypoints: bool = True, extra: list | None = None):  # noqa: ANN202
+            return original(load_entrypoints, [*plugins, *(extra or [])])
+
+        monkeypatch.setattr(registry, "get_plugin_manager", get_plugin_manager)
+        monkeypatch.setattr(runner, "get_plugin_manager", get_plugin_manager)
+
+    return _install
 
 
 # ------------------------------------------------ random weights of the real metric networks

@@ -14,26 +14,10 @@ from harness import runner
 from harness.base import option_fields
 from harness.cli import main
 from harness.registry import build_registry, get_plugin_manager, plugin_summary
+from _matrices import REPO, SMALL, SYNTHETIC
 
-REPO = Path(__file__).resolve().parents[1]
-SYNTHETIC = REPO / "benchmarks" / "synthetic.toml"
-SMALL = [
-    'matrix.pruning_method=["none", "magnitude"]',
-    "matrix.pruning_rate=[0.5]",
-    "matrix.cfg_scale=[1.0]",
-    "matrix.seed=[0, 1]",
-]
 SET_SMALL = [a for o in SMALL for a in ("--set", o)]
 
-
-
-@pytest.fixture(autouse=True)
-def _threads() -> None:
-    # overrides conftest's: the synthetic model's tensors are tiny, and on a busy machine
-    # a second intra-op thread costs far more in synchronisation than it saves
-    import torch
-
-    torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _wide_console(monkeypatch):

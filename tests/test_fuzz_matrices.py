@@ -537,7 +537,7 @@ def test_malformed_matrices_exit_2_with_one_line_naming_the_key(tmp_path_factory
 # ============================================================================ run time
 
 
-SMALL = [
+TWO_CFG = [
     'matrix.pruning_method=["none", "magnitude"]',
     "matrix.pruning_rate=[0.5]",
     "matrix.cfg_scale=[1.0, 3.0]",
@@ -545,26 +545,10 @@ SMALL = [
 ]
 
 
-@pytest.fixture
-def extra_plugins(monkeypatch):
-    """``extra_plugins(obj, ...)``: every plugin manager the harness builds also registers these."""
-
-    def _install(*plugins: Any) -> None:
-        from harness import registry
-
-        original = registry.get_plugin_manager
-
-        def get_plugin_manager(load_entrypoints: bool = True, extra: list[Any] | None = None) -> Any:
-            return original(load_entrypoints, [*plugins, *(extra or [])])
-
-        monkeypatch.setattr(registry, "get_plugin_manager", get_plugin_manager)
-        monkeypatch.setattr(runner, "get_plugin_manager", get_plugin_manager)
-
-    return _install
 
 
 def _run(results: Path, overrides: list[str]) -> runner.RunSummary:
-    return runner.run(SYNTHETIC, [*SMALL, *overrides], results_dir=str(results), stream=io.StringIO(),
+    return runner.run(SYNTHETIC, [*TWO_CFG, *overrides], results_dir=str(results), stream=io.StringIO(),
                       interactive=False)
 
 
@@ -649,7 +633,7 @@ def test_a_metric_returning_nan_fails_its_cells_with_the_reason(tmp_path, extra_
 
 def test_a_metric_whose_dependency_is_missing_fails_its_cells(tmp_path, extra_plugins, capsys):
     extra_plugins(RunTimePlugins())
-    args = [a for o in [*SMALL, 'metrics.names=["synthetic_quality", "needs_missing_package"]'] for a in ("--set", o)]
+    args = [a for o in [*TWO_CFG, 'metrics.names=["synthetic_quality", "needs_missing_package"]'] for a in ("--set", o)]
     assert main(["run", str(SYNTHETIC), "--results", str(tmp_path), *args]) == 1
     out, err = capsys.readouterr()
     assert "synthetic: 2 ok, 2 failed" in out and "Traceback" not in err
@@ -689,7 +673,7 @@ def test_a_plugin_that_fails_to_import_is_a_warning_and_the_others_work(broken_d
     out = capsys.readouterr().out
     assert "warning: plugin entry point 'broken'" in " ".join(out.split()) and "synthetic_quality" in out
 
-    args = [a for o in SMALL for a in ("--set", o)]
+    args = [a for o in TWO_CFG for a in ("--set", o)]
     caplog.clear()
     assert main(["run", str(SYNTHETIC), "--results", str(tmp_path), "--quiet", *args]) == 0
     out, err = capsys.readouterr()

@@ -244,7 +244,6 @@ def test_ids_are_stable_across_processes(tmp_path, cfg_of):
         ("benchmark seed", {"benchmark": 'name = "pruning"\nseed = 1'}),
         ("dataset option", {"dataset": 'name = "synthetic"\nseed = 1'}),
         ("model option", {"model": 'name = "synthetic"\nhidden = 8'}),
-        ("model training option", {"extra": "[model.train]\nepochs = 3\n"}),
         ("number of samples", {"sampling": "steps = 2\nnum_samples = 8\nbatch_size = 4"}),
         ("trajectory samples", {"sampling": "steps = 2\nnum_samples = 4\nbatch_size = 4\ntrajectory_samples = 2"}),
         ("pruner option", {"extra": "[pruners.magnitude]\nprotect = ['inp']\n"}),
@@ -261,6 +260,15 @@ def test_ids_change_with_anything_that_affects_results(cfg_of, description, chan
         assert differ == {n for n in base if "method=magnitude" in n}
     else:
         assert all(base[n] != changed[n] for n in base), description
+
+
+def test_ids_change_with_a_training_option(bench_registry):
+    # the synthetic family has no training stage: the UNet's quickstart has one
+    from _matrices import QUICKSTART
+
+    base = ids(plan_cells(load_matrix(QUICKSTART, registry=bench_registry)))
+    changed = ids(plan_cells(load_matrix(QUICKSTART, ["model.train.epochs=3"], registry=bench_registry)))
+    assert base.keys() == changed.keys() and all(base[n] != changed[n] for n in base)
 
 
 @pytest.mark.parametrize(

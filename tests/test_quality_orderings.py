@@ -20,7 +20,7 @@ from harness import load_results, runner
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "benchmarks" / "quickstart.toml"
 
-SMALL = [
+TINY_QUICKSTART = [
     "model.base_channels=16",
     "model.train.epochs=12",
     "model.train.batch_size=128",
@@ -36,7 +36,7 @@ SMALL = [
 
 
 def _run(results: Path, extra: list[str]) -> pd.DataFrame:
-    summary = runner.run(QUICKSTART, [*SMALL, *extra], results_dir=str(results), stream=io.StringIO(),
+    summary = runner.run(QUICKSTART, [*TINY_QUICKSTART, *extra], results_dir=str(results), stream=io.StringIO(),
                          interactive=False)
     assert summary.error == 0, summary.errors
     return load_results(results)

@@ -17,25 +17,10 @@ from harness import hookimpl, report, report_data, runner
 from harness.base import Metric, MetricContext, Plot
 from harness.cli import main
 from harness.errors import UserError
+from _matrices import REPO, SMALL, SYNTHETIC
 
-REPO = Path(__file__).resolve().parents[1]
-SYNTHETIC = REPO / "benchmarks" / "synthetic.toml"
-#: reference x 2 seeds + magnitude@0.5 x 2 seeds = 4 cells (as in test_runner.py)
-SMALL = [
-    'matrix.pruning_method=["none", "magnitude"]',
-    "matrix.pruning_rate=[0.5]",
-    "matrix.cfg_scale=[1.0]",
-    "matrix.seed=[0, 1]",
-]
 PNG = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-@pytest.fixture(autouse=True)
-def _threads() -> None:
-    import torch
-
-    torch.set_num_threads(1)
 
 
 class Flaky(Metric):

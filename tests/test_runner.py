@@ -20,30 +20,13 @@ from harness import hookimpl, runner
 from harness.base import Metric, MetricContext
 from harness.cli import main
 from harness.config import load_matrix
-from harness.planner import plan_cells
+from harness.planner import group_units, plan_cells
 from harness.schema import COLUMNS
 from harness.store import fragment_files
+from _matrices import SMALL, SYNTHETIC
 
-REPO = Path(__file__).resolve().parents[1]
-SYNTHETIC = REPO / "benchmarks" / "synthetic.toml"
-#: reference x 2 seeds + magnitude@0.5 x 2 seeds = 4 cells, 2 metrics each
-SMALL = [
-    'matrix.pruning_method=["none", "magnitude"]',
-    "matrix.pruning_rate=[0.5]",
-    "matrix.cfg_scale=[1.0]",
-    "matrix.seed=[0, 1]",
-]
 METRICS = {"synthetic_quality", "generation_time"}
 
-
-
-@pytest.fixture(autouse=True)
-def _threads() -> None:
-    # overrides conftest's: the synthetic model's tensors are tiny, and on a busy machine
-    # a second intra-op thread costs far more in synchronisation than it saves
-    import torch
-
-    torch.set_num_threads(1)
 
 def live_fragments(results: Path) -> list[Path]:
     # os.walk, not rglob: the run being killed creates and renames cache folders meanwhile
@@ -53,24 +36,6 @@ def live_fragments(results: Path) -> list[Path]:
 def run(results: Path, overrides: list[str] | None = None, **kw: Any) -> runner.RunSummary:
     return runner.run(SYNTHETIC, [*SMALL, *(overrides or [])], results_dir=str(results), stream=io.StringIO(),
                       interactive=False, **kw)
-
-
-@pytest.fixture
-def extra_plugins(monkeypatch):
-    """``extra_plugins(obj, ...)``: every plugin manager the harness builds also registers these."""
-
-    def _install(*plugins: Any) -> None:
-        from harness import registry
-
-        original = registry.get_plugin_manager
-
-        def get_plugin_manager(load_entrypoints: bool = True, extra: list[Any] | None = None) -> Any:
-            return original(load_entrypoints, [*plugins, *(extra or [])])
-
-        monkeypatch.setattr(registry, "get_plugin_manager", get_plugin_manager)
-        monkeypatch.setattr(runner, "get_plugin_manager", get_plugin_manager)
-
-    return _install
 
 
 # ----------------------------------------------------------------------------- rows
@@ -350,11 +315,12 @@ def test_lifecycle_hooks_are_called_in_order(tmp_path, extra_plugins):
     summary = run(tmp_path)
     events = recorder.events
     assert len(events) == 2 * 4 + 1
-    cell_ids = [cid for kind, cid in events[:-1:2]]
-    for i, cid in enumerate(cell_ids):
-        assert events[2 * i] == ("before", cid)
-        assert events[2 * i + 1] == ("after", cid)
-    assert sorted(cell_ids) == sorted(p.stem for p in live_fragments(tmp_path))
+    # the local executor takes one unit (a variant's cells) at a time: its cells' befores,
+    # then each cell's after once its rows are stored, then the next unit
+    units = [[c.cell_id for c in u.cells] for u in group_units(plan_cells(load_matrix(SYNTHETIC, SMALL)))]
+    expected = [e for ids in units for e in [*(("before", c) for c in ids), *(("after", c) for c in ids)]]
+    assert events[:-1] == expected
+    assert sorted(c for ids in units for c in ids) == sorted(p.stem for p in live_fragments(tmp_path))
     assert events[-1] == ("finished", (summary.run_dir, 4, 0, 0))
 
 
@@ -362,7 +328,7 @@ def test_after_cell_sees_failed_cells_too(tmp_path, extra_plugins):
     recorder = Recorder()
     extra_plugins(recorder, FlakyPlugin())
     run(tmp_path, FLAKY)
-    assert [k for k, _ in recorder.events] == ["before", "after"] * 4 + ["finished"]
+    assert [k for k, _ in recorder.events] == (["before"] * 2 + ["after"] * 2) * 2 + ["finished"]
     assert recorder.events[-1][1][1:] == (2, 2, 0)
 
 

@@ -18,7 +18,7 @@ from plugins.models.unet import UNetFamily
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC = REPO / "benchmarks" / "synthetic.toml"
-SMALL = ["matrix.pruning_method=[\"none\"]", "matrix.cfg_scale=[1.0]", "matrix.seed=[0]", "sampling.num_samples=8"]
+ONE_CELL = ["matrix.pruning_method=[\"none\"]", "matrix.cfg_scale=[1.0]", "matrix.seed=[0]", "sampling.num_samples=8"]
 
 
 def tiny_unet():
@@ -81,7 +81,7 @@ def test_a_run_backs_off_and_records_the_batch_size_used(tmp_path: Path, monkeyp
         return original(self, noise, conditions, batch_size=batch_size, **kw)
 
     monkeypatch.setattr(SyntheticModel, "sample", limited)
-    summary = runner.run(SYNTHETIC, [*SMALL, "sampling.batch_size=8"], results_dir=str(tmp_path), stream=io.StringIO(),
+    summary = runner.run(SYNTHETIC, [*ONE_CELL, "sampling.batch_size=8"], results_dir=str(tmp_path), stream=io.StringIO(),
                          interactive=False)
     assert summary.error == 0, summary.errors
     metas = [p for p in tmp_path.rglob("*.json") if "samples" in p.parts]
@@ -108,7 +108,7 @@ def test_dtype_is_part_of_the_cell_id_and_fp32_ids_are_unchanged(tmp_path: Path)
 
     ids = {}
     for extra in ([], ["sampling.dtype=\"fp32\""], ["sampling.dtype=\"bf16\""], ["sampling.compile=\"default\""]):
-        cfg = load_matrix(SYNTHETIC, [*SMALL, *extra])
+        cfg = load_matrix(SYNTHETIC, [*ONE_CELL, *extra])
         cells = plan_cells(cfg)
         ids[tuple(extra)] = ({c.cell_id for c in cells}, {c.content_key for c in cells})
     default = ids[()]

@@ -1,0 +1,105 @@
+"""The engine's stages (variants -> samples -> metric values) and the typed records between them."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import runner
+from harness.config import SamplingSection, load_matrix
+from harness.planner import SamplingSettings, plan_cells
+from harness.schema import COLUMNS, ResultRow
+from harness.session import Session
+from harness.sizes import measure_macs
+from harness.variants import VariantStage
+from harness.worker import Stages
+
+REPO = Path(__file__).resolve().parents[1]
+SYNTHETIC = REPO / "benchmarks" / "synthetic.toml"
+ONE_CELL = ['matrix.pruning_method=["none"]', "matrix.cfg_scale=[1.0]", "matrix.seed=[0]"]
+
+
+def test_a_result_row_has_a_field_per_schema_column_in_schema_order():
+    names = [f.name for f in dataclasses.fields(ResultRow) if f.name != "options"]
+    assert sorted(names) == sorted(COLUMNS)
+    row = ResultRow("c", "n", "reference", "m", float("nan"), "teacher", "none", 0.0, 1.0, "ddim", 5, 0, "d", 8,
+                    "fid", "ok", options={"pruners.x.k": 3})
+    assert list(row.as_dict()) == [*COLUMNS, "pruners.x.k"]
+
+
+def test_sampling_settings_are_the_sampling_section_minus_the_axes():
+    axes = {"sampler", "steps", "cfg_scale"}
+    fields = {f.name for f in dataclasses.fields(SamplingSettings)}
+    assert fields == set(SamplingSection.model_fields) - axes
+    cfg = load_matrix(SYNTHETIC, [*ONE_CELL, "sampling.num_samples=7", 'matrix."sampling.batch_size"=[2, 4]'])
+    cells = plan_cells(cfg)
+    assert {c.sampling.num_samples for c in cells} == {7}
+    assert sorted(c.sampling.batch_size for c in cells) == [2, 4]
+
+
+def test_macs_counted_by_an_older_counter_are_counted_again(tmp_path):
+    cfg = load_matrix(SYNTHETIC, ONE_CELL, results_dir=str(tmp_path))
+    spec = plan_cells(cfg)[0].variant
+    first = VariantStage(Session(cfg, tmp_path / ".cache")).get(spec)
+    assert first.macs == measure_macs(first.model)
+    meta_file = next((tmp_path / ".cache" / "model").glob("*/meta.json"))
+    meta = json.loads(meta_file.read_text())
+    assert meta.pop("macs_version") == 2
+    meta["macs"] = 1.0  # what an older counter (blind to attention) stored, without a version
+    meta_file.write_text(json.dumps(meta))
+    again = VariantStage(Session(cfg, tmp_path / ".cache")).get(spec)
+    assert again.macs == first.macs
+
+
+def test_a_set_drawn_with_trajectories_serves_a_request_without(tmp_path):
+    cfg = load_matrix(SYNTHETIC, ONE_CELL, results_dir=str(tmp_path))
+    cell = plan_cells(cfg)[0]
+    stages = Stages(cfg, tmp_path / ".cache")
+    with_traj = stages.samples.get(cell.variant, cell, trajectory=True)
+    assert stages.samples.is_stored(cell.variant, cell, trajectory=False)
+    plain = stages.samples.get(cell.variant, cell, trajectory=False)
+    assert plain.key == with_traj.key  # loaded, not drawn again
+    assert len(list((tmp_path / ".cache" / "samples").glob("*/meta.json"))) == 1
+    stats = stages.samples.stats(cell.variant, cell, trajectory=False)
+    assert stats.images is None and stats.stats == with_traj.stats
+
+
+def test_every_stage_is_cached_apart(tmp_path):
+    """A new metric computes only that metric; a new CFG scale samples only that scale."""
+    base = [*ONE_CELL, 'metrics.names=["synthetic_quality"]']
+    run = lambda extra: runner.run(SYNTHETIC, [*base, *extra], results_dir=str(tmp_path),  # noqa: E731
+                                   stream=io.StringIO(), interactive=False)
+    run([])
+    kinds = lambda: {k: len(list((tmp_path / ".cache" / k).glob("*/meta.json")))  # noqa: E731
+                     for k in ("model", "samples", "metric")}
+    first = kinds()
+    run(['metrics.names=["synthetic_quality", "generation_time"]'])
+    assert kinds() == first  # generation_time copies sampling stats: no new artifact of any kind
+    run(["matrix.cfg_scale=[1.0, 2.0]"])
+    second = kinds()
+    assert second["model"] == first["model"] and second["samples"] == first["samples"] + 1
+    assert second["metric"] == first["metric"] + 1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_worker_runs_its_cells_with_the_runs_thread_count(tmp_path, threads):
+    import torch
+
+    from harness.worker import UnitWorker
+
+    seen = []
+    cfg = load_matrix(SYNTHETIC, ONE_CELL, results_dir=str(tmp_path))
+    worker = UnitWorker(str(SYNTHETIC), ONE_CELL, str(tmp_path), str(tmp_path / ".cache"), threads, cfg=cfg)
+    stages = worker.stages()
+    run_cell = stages.run_cell
+    stages.run_cell = lambda cell: (seen.append(torch.get_num_threads()), run_cell(cell))[1]
+    before = torch.get_num_threads()
+    from harness.planner import group_units
+
+    results = [r for unit in group_units(plan_cells(cfg)) for r in worker(unit)]
+    assert {r.status for r in results} == {"ok"} and seen == [threads] * len(results)
+    assert torch.get_num_threads() == before  # restored after each cell
