@@ -125,7 +125,8 @@ def prune_context(model: Any, seed: int = 0) -> PruneContext:
 
 def metric_context(cache: Any = None, n: int = 16, image_size: int = 16, seed: int = 0) -> MetricContext:
     """A MetricContext with every field filled from two stand-in models (same noise)."""
-    from harness.planner import Cell, VariantSpec
+    from harness.config import SamplingSection
+    from harness.planner import Cell, SamplingSettings, VariantSpec
 
     ds = tiny_dataset(image_size)
     model = tiny_model(image_size)
@@ -137,7 +138,8 @@ def metric_context(cache: Any = None, n: int = 16, image_size: int = 16, seed: i
     ref_out = ref.sample(noise, cond, cfg_scale=1.0, sampler="ddim", steps=4, record_trajectory=True)
     axes = {"size_factor": None, "pruning_method": "none", "pruning_rate": 0.0, "cfg_scale": 1.0,
             "sampler": "ddim", "steps": 4, "seed": 0}
-    cell = Cell(axes, "contract", "contract[]", VariantSpec(None, "none", 0.0), {"num_samples": n}, {})
+    settings = {k: v for k, v in SamplingSection(num_samples=n).model_dump().items() if k not in axes}
+    cell = Cell(axes, "contract", "contract[]", VariantSpec(None, "none", 0.0), SamplingSettings(**settings), {})
     return MetricContext(
         cell=cell,
         device=torch.device("cpu"),
