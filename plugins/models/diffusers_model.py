@@ -375,7 +375,6 @@ class DiffusersModel(DiffusionModel):
         scheduler = self.scheduler_for(sampler)
         self.pipe.scheduler = scheduler
         self.pipe.set_progress_bar_config(disable=True)
-        device, dtype = self.device, self.dtype
         images: list[torch.Tensor] = []
         states: list[list[torch.Tensor]] = []
         was_training = self.net.training
@@ -383,34 +382,12 @@ class DiffusersModel(DiffusionModel):
         try:
             for s in range(0, n, bs):
                 e = min(n, s + bs)
-                chunk_states: list[torch.Tensor] = []
-                latents = noise[s:e].to(device=device, dtype=dtype)
-                if record_trajectory:
-                    sigma = float(getattr(scheduler, "init_noise_sigma", 1.0))
-                    chunk_states.append((latents.float() * sigma).cpu())
-
-                def keep(_pipe: Any, _i: int, _t: Any, kw: dict[str, Any], out: list[torch.Tensor] = chunk_states) -> dict[str, Any]:
-                    out.append(kw["latents"].detach().float().cpu())
-                    return kw
-
-                kwargs: dict[str, Any] = dict(
-                    prompt=prompts[s:e],
-                    negative_prompt=[negative] * (e - s) if negative else None,
-                    height=self.resolution,
-                    width=self.resolution,
-                    num_inference_steps=int(steps),
-                    guidance_scale=guidance,
-                    latents=latents,
-                    generator=[torch.Generator().manual_seed(int(v)) for v in seeds[s:e]],
-                    output_type="pt",
-                    return_dict=False,
+                gens = [torch.Generator().manual_seed(int(v)) for v in seeds[s:e]]
+                negatives = [negative] * (e - s) if negative else None
+                chunk, chunk_states = self._sample_chunk(
+                    scheduler, noise[s:e], prompts[s:e], negatives, guidance, int(steps), gens, record_trajectory
                 )
-                if record_trajectory:
-                    kwargs["callback_on_step_end"] = keep
-                    kwargs["callback_on_step_end_tensor_inputs"] = ["latents"]
-                with torch.inference_mode():
-                    out = self.pipe(**kwargs)[0]
-                images.append(torch.as_tensor(out).float().cpu().clamp(0, 1))
+                images.append(chunk)
                 states.append(chunk_states)
         finally:
             self.net.train(was_training)
@@ -419,6 +396,48 @@ class DiffusersModel(DiffusionModel):
         if record_trajectory:
             trajectory = torch.cat([torch.stack(chunk) for chunk in states], dim=1)
         return SampleOutput(images=torch.cat(images).contiguous(), trajectory=trajectory, timesteps=timesteps)
+
+
+    def _sample_chunk(
+        self,
+        scheduler: Any,
+        noise: torch.Tensor,
+        prompts: list[str],
+        negatives: list[str] | None,
+        guidance: float,
+        steps: int,
+        generators: list[torch.Generator],
+        record_trajectory: bool,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One pipeline call: CPU images in [0, 1] and (if recorded) the latents x_K .. x_0."""
+        chunk_states: list[torch.Tensor] = []
+        latents = noise.to(device=self.device, dtype=self.dtype)
+        if record_trajectory:
+            sigma = float(getattr(scheduler, "init_noise_sigma", 1.0))
+            chunk_states.append((latents.float() * sigma).cpu())
+
+        def keep(_pipe: Any, _i: int, _t: Any, kw: dict[str, Any]) -> dict[str, Any]:
+            chunk_states.append(kw["latents"].detach().float().cpu())
+            return kw
+
+        kwargs: dict[str, Any] = dict(
+            prompt=prompts,
+            negative_prompt=negatives,
+            height=self.resolution,
+            width=self.resolution,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            latents=latents,
+            generator=generators,
+            output_type="pt",
+            return_dict=False,
+        )
+        if record_trajectory:
+            kwargs["callback_on_step_end"] = keep
+            kwargs["callback_on_step_end_tensor_inputs"] = ["latents"]
+        with torch.inference_mode():
+            out = self.pipe(**kwargs)[0]
+        return torch.as_tensor(out).float().cpu().clamp(0, 1), chunk_states
 
 
 # ---------------------------------------------------------------------------- family
