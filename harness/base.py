@@ -589,6 +589,8 @@ class WorkUnit(Protocol):
 
     variant: Any
     cells: Sequence[Any]
+    #: a readable name for logs and dashboards
+    name: str
 
 
 @runtime_checkable

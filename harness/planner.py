@@ -132,6 +132,14 @@ class WorkUnit:
     variant: VariantSpec
     cells: list[Cell] = field(default_factory=list)
 
+    @property
+    def name(self) -> str:
+        """For logs and dashboards: the first cell's name, and how many more."""
+        if not self.cells:
+            return "empty unit"
+        first = self.cells[0].name
+        return first if len(self.cells) == 1 else f"{first} +{len(self.cells) - 1} cells"
+
 
 def reference_point(point: dict[str, Any]) -> dict[str, Any]:
     """``point`` with the variant axes of the reference: no student, no pruning."""

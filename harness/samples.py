@@ -159,7 +159,7 @@ class SampleStage:
             art = self.s.cache.load("samples", key_traj)  # a set with trajectories serves too
         else:
             config = self.config(self.variants.key(spec), cell, trajectory)
-            art = self.s.cache.get_or_create("samples", config, lambda: self._draw(spec, cell, trajectory))
+            art = self.s.cache.get_or_create("samples", config, lambda: self.draw(spec, cell, trajectory))
         return SampleSet(
             key=art.key,
             images=art.tensors["images"],
@@ -212,7 +212,8 @@ class SampleStage:
         return found.clone()
 
     # -- drawing ------------------------------------------------------------------
-    def _draw(self, spec: VariantSpec, cell: Cell, trajectory: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def draw(self, spec: VariantSpec, cell: Cell, trajectory: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Draw and time a sample set now (no cache): its tensors and metadata."""
         model = self.variants.get(spec).model
         s, device = cell.sampling, self.s.device
         n = s.num_samples

@@ -22,7 +22,7 @@ def test_sampler_throughput_quick(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
-    assert any(line.startswith("harness sampler (engine, ") for line in lines)
+    assert any(line.startswith("harness sampler (sample stage, ") for line in lines)
     assert any(re.fullmatch(r"same output: harness vs hand-written max \|diff\| = \S+ \(ok\);.*", line) for line in lines)
     assert re.fullmatch(r"sampler vs per-image loop: \d+\.\dx", lines[-2])
     assert re.fullmatch(r"sampler vs best hand-written loop: \d+\.\d\dx", lines[-1])

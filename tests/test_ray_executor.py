@@ -207,6 +207,10 @@ class Unit:
     variant: Any
     cells: list[str]
 
+    @property
+    def name(self) -> str:
+        return self.variant.name
+
 
 def units(*names: str) -> list[Unit]:
     """One stand-in work unit per name, whose only cell is the name."""

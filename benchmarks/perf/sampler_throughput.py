@@ -4,7 +4,7 @@ Three contenders sample the same untrained teacher (the ``unet`` family on 16x16
 weights from a fixed seed: weights do not change the cost) with DDIM and classifier-free
 guidance, on the same noise and labels, in one run:
 
-- **harness**: the engine's own sampling routine for a cell (``Engine._sample``: the
+- **harness**: the sample stage's own sampling routine for a cell (``SampleStage.draw``: the
   matrix is loaded with ``load_matrix``, the cell planned with ``plan_cells``, the
   variant built through the artifact cache); its time is the one the cell records
   (``sampling_seconds``, around ``model.sample`` after the engine's warm-up).
@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from harness.config import load_matrix
     from harness.diffusion import resolve_cfg_batching
-    from harness.engine import Engine
     from harness.planner import plan_cells
+    from harness.worker import Stages
 
     with tempfile.TemporaryDirectory(prefix="sampler-throughput-") as tmp:
         matrix = Path(tmp) / "sampler_throughput.toml"
@@ -210,19 +210,19 @@ def main(argv: list[str] | None = None) -> int:
                                         batch_size=batch_size, cfg_scale=args.cfg_scale, device=args.device))
         cfg = load_matrix(matrix, results_dir=str(Path(tmp) / "results"))
         (cell,) = plan_cells(cfg)
-        engine = Engine(cfg, Path(tmp) / "cache")
-        device = engine.device
+        stages = Stages(cfg, Path(tmp) / "cache")
+        device = stages.session.device
         spec = cell.variant
-        # an untrained teacher, built by the engine through the artifact cache as for any
-        # cell; trainable=False is the contract flag of families with ready weights
-        engine.family(spec).trainable = False
+        # an untrained teacher, built by the variant stage through the artifact cache as for
+        # any cell; trainable=False is the contract flag of families with ready weights
+        stages.session.family(spec).trainable = False
         torch.manual_seed(args.seed)
-        variant = engine.variant(spec)
+        variant = stages.variants.get(spec)
         model = variant.model
 
         n = args.images
-        noise = engine.noise(cell, tuple(model.sample_shape), n).to(device)
-        labels = model.encode_conditions(engine.conditions(cell, n))
+        noise = stages.samples.noise(cell, tuple(model.sample_shape), n).to(device)
+        labels = model.encode_conditions(stages.samples.conditions(cell, n))
         scale, steps = float(args.cfg_scale), args.steps
         harness_mode = resolve_cfg_batching(args.cfg_batching, device)
 
@@ -241,11 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         model.sample = sample_with_cpu  # type: ignore[method-assign]
 
         def run_harness() -> tuple[Timing, torch.Tensor]:
-            tensors, meta = engine._sample(spec, cell, False)
+            tensors, meta = stages.samples.draw(spec, cell, False)
             return Timing(meta["stats"]["sampling_seconds"], sample_cpu[-1]), tensors["images"]
 
         contenders: dict[str, tuple[int, Callable[[], tuple[Timing, torch.Tensor]]]] = {
-            f"harness sampler (engine, {harness_mode})": (n, run_harness),
+            f"harness sampler (sample stage, {harness_mode})": (n, run_harness),
             "hand-written batched, concat": (
                 n, lambda: timed(lambda: batched_loop(model, noise, labels, steps, scale, True), device)),
             "hand-written batched, split": (

@@ -37,6 +37,7 @@ optional dependency).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import importlib
 import math
@@ -361,14 +362,46 @@ class ExecutorContract(_NameContract):
     cls_attr: ClassVar[str] = "executor_cls"
 
     def test_runs_every_unit(self) -> None:
-        units = [[1, 2], [3], [4, 5, 6]]
-        got = list(self._cls()(**self._options()).run(units, _square_all))
+        # a unit derived from another's variant ("b" from "a"), handed out as a one-shot
+        # iterable, as the runner hands them
+        units = [_Unit(_Variant("a"), [1, 2]), _Unit(_Variant("b", "a"), [3]), _Unit(_Variant("c"), [4, 5, 6])]
+        got = list(self._cls()(**self._options()).run(iter(units), _SquareWorker()))
         assert sorted(got) == [1, 4, 9, 16, 25, 36]
 
 
-def _square_all(unit: list[int]) -> Iterator[int]:
-    for x in unit:
-        yield x * x
+@dataclasses.dataclass(frozen=True)
+class _Variant:
+    """A stand-in variant: hashable, with the ``parent()`` executors schedule by."""
+
+    name: str
+    parent_name: str | None = None
+
+    def parent(self) -> _Variant | None:
+        return None if self.parent_name is None else _Variant(self.parent_name)
+
+
+@dataclasses.dataclass
+class _Unit:
+    variant: _Variant
+    cells: list[int]
+
+    @property
+    def name(self) -> str:
+        return self.variant.name
+
+
+class _SquareWorker:
+    """A stand-in worker (the ``harness.Worker`` protocol, picklable): squares each cell."""
+
+    device = "cpu"
+    identity = "harness.testing.square"
+
+    def __call__(self, unit: _Unit) -> Iterator[int]:
+        for x in unit.cells:
+            yield x * x
+
+    def error_results(self, unit: _Unit, message: str, duration: float = 0.0) -> list[Any]:
+        return [f"error: {message}" for _ in unit.cells]
 
 
 class PlotContract(_NameContract):

@@ -171,7 +171,7 @@ class RayExecutor(Executor):
                 if not deps[i] <= done:
                     continue
                 waiting.remove(i)
-                task = remote.options(**task_options, name=f"diffbench:{_label(units[i])}")
+                task = remote.options(**task_options, name=f"diffbench:{units[i].name}")
                 ref = task.remote(worker_ref, units[i])
                 running[ref] = (i, time.perf_counter())
 
@@ -197,7 +197,7 @@ class RayExecutor(Executor):
 
     def _failed(self, unit: WorkUnit, worker: Worker, exc: Exception, duration: float) -> list[Any]:
         message = f"{describe_failure(exc)} (on Ray, {self.options.max_retries + 1} attempt(s))"
-        log.info("%s: %s", _label(unit), message)  # the runner reports each failed cell
+        log.info("%s: %s", unit.name, message)  # the runner reports each failed cell
         return list(worker.error_results(unit, message, duration))
 
 
@@ -233,12 +233,7 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _label(unit: WorkUnit) -> str:
-    cells = unit.cells
-    if not cells:
-        return "empty unit"
-    name = cells[0].name
-    return name if len(cells) == 1 else f"{name} +{len(cells) - 1} cells"
+
 
 
 def _ray_importable() -> bool:

@@ -175,6 +175,13 @@ class DiffusersFamily(ModelFamily):
     Options = Options
 
     # -- loading --------------------------------------------------------------------
+    @classmethod
+    def contract_fixtures(cls, folder: Path) -> dict[str, Any]:
+        """A tiny random Stable Diffusion pipeline of the real classes, saved in ``folder``."""
+        from harness.testing import tiny_sd_pipeline
+
+        return {"options": {"pretrained": str(tiny_sd_pipeline(folder / "tiny_sd"))}}
+
     def source(self) -> str:
         """The pipeline: ``pretrained``, or ``DIFFBENCH_DIFFUSERS_MODEL`` (resolved by ``Options``)."""
         return self.options.pretrained
