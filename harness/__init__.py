@@ -33,9 +33,10 @@ _API: dict[str, str] = {
     **dict.fromkeys(
         ["Plugin", "Conditions", "Dataset", "DiffusionModel", "Executor", "ImageBatch", "Metric",
          "MetricContext", "ModelFamily", "Plot", "PruneContext", "Pruner", "SampleOutput", "TrainContext",
-         "options_dict", "Worker", "WorkUnit"],
+         "Worker", "WorkUnit"],
         "harness.base",
     ),
+    "options_dict": "harness.options",
     **dict.fromkeys(["hookimpl", "hookspec"], "harness.hookspecs"),
     **dict.fromkeys(["UserError", "ConfigError", "MissingFileError", "CellError", "did_you_mean"], "harness.errors"),
     **dict.fromkeys(

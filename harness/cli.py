@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.base import PLUGIN_KINDS, option_fields, validate_options
+from harness.base import PLUGIN_KINDS
+from harness.options import option_fields, validate_options
 from harness.errors import ConfigError, UserError, did_you_mean, valid_choices
 
 if TYPE_CHECKING:  # pragma: no cover

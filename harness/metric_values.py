@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from harness.base import Metric, MetricContext, options_dict
+from harness.base import Metric, MetricContext
+from harness.options import options_dict
 from harness.cache import canonical_json
 from harness.errors import CellError
 from harness.planner import Cell

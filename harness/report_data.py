@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.base import option_fields
+from harness.options import option_fields
 from harness.errors import UserError
 from harness.results import add_reference, fragment_files, load_results
 from harness.store import MANIFEST

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from harness.base import Conditions, DiffusionModel, ImageBatch, PruneContext, Pruner, options_dict
+from harness.base import Conditions, DiffusionModel, ImageBatch, PruneContext, Pruner
+from harness.options import options_dict
 from harness.errors import CellError
 from harness.modelio import count_params
 from harness.planner import VariantSpec

@@ -11,7 +11,7 @@ import pytest
 
 import harness
 from harness import runner
-from harness.base import option_fields
+from harness.options import option_fields
 from harness.cli import main
 from harness.registry import build_registry, get_plugin_manager, plugin_summary
 from _matrices import REPO, SMALL, SYNTHETIC

@@ -38,7 +38,8 @@ from hypothesis import strategies as st
 
 import harness
 from harness import hookimpl, runner
-from harness.base import Metric, MetricContext, option_fields
+from harness.base import Metric, MetricContext
+from harness.options import option_fields
 from harness.cli import main
 from harness.config import BUILTIN_AXES, DEVICES, DOTTED_PREFIXES
 from harness.registry import build_registry

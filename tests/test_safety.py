@@ -27,7 +27,8 @@ import torch
 import harness
 from harness import runner
 from harness.cli import main
-from harness.config import leaves_its_folder, load_matrix
+from harness.config import load_matrix
+from harness.validation import leaves_its_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC = REPO / "benchmarks" / "synthetic.toml"

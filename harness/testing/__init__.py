@@ -163,7 +163,7 @@ class _NameContract:
         assert cls.describe(), f"{cls.__name__} needs a docstring whose first line says what it is for"
 
     def test_options_are_listable(self) -> None:
-        from harness.base import option_fields
+        from harness.options import option_fields
 
         fields = option_fields(getattr(self._cls(), "Options", None))
         assert all(len(f) == 4 for f in fields)
