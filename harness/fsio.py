@@ -71,7 +71,7 @@ def write_bytes(
     final = Path(final)
     tmp = tmp_path(final)
     try:
-        with open(tmp, "xb") as fh:
+        with open(tmp, "wb") as fh:  # (a dead writer with our pid may have left this name)
             fh.write(data)
             if durable:
                 fh.flush()
