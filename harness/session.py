@@ -77,8 +77,7 @@ class Session:
         self.device = resolve_device(cfg.execution.device)
         self.progress = progress
         self.registry = cfg.registry
-        self._datasets: dict[str, Dataset] = {}
-        self._families: dict[str, ModelFamily] = {}
+        self._plugins: dict[tuple[str, str], Any] = {}
 
     # -- seeds --------------------------------------------------------------------
     def seed(self, *parts: Any) -> int:
@@ -97,19 +96,18 @@ class Session:
 
     def dataset(self, spec: VariantSpec | None = None) -> Dataset:
         """The dataset of ``spec`` (one object per distinct options, for the session's life)."""
-        opts = {**self.cfg.dataset.options, **self.overrides(spec, "dataset.")}
-        key = json.dumps(opts, sort_keys=True, default=str)
-        if key not in self._datasets:
-            self._datasets[key] = self.registry.get("datasets", self.cfg.dataset.name, "dataset.name")(**opts)
-        return self._datasets[key]
+        return self._plugin("datasets", self.cfg.dataset, self.overrides(spec, "dataset."), "dataset.name")
 
     def family(self, spec: VariantSpec | None = None) -> ModelFamily:
         """The model family of ``spec`` (one object per distinct options)."""
-        opts = {**self.cfg.model.options, **self.overrides(spec, "model.")}
-        key = json.dumps(opts, sort_keys=True, default=str)
-        if key not in self._families:
-            self._families[key] = self.registry.get("models", self.cfg.model.name, "model.name")(**opts)
-        return self._families[key]
+        return self._plugin("models", self.cfg.model, self.overrides(spec, "model."), "model.name")
+
+    def _plugin(self, kind: str, spec: Any, swept: dict[str, Any], where: str) -> Any:
+        options = {**spec.options, **swept}
+        key = (kind, json.dumps(options, sort_keys=True, default=str))
+        if key not in self._plugins:
+            self._plugins[key] = self.registry.get(kind, spec.name, where)(**options)
+        return self._plugins[key]
 
     def train_config(self, spec: VariantSpec) -> Any:
         """The teacher's training options: ``[model.train]`` plus swept ``model.train.*``."""
