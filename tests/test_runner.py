@@ -6,8 +6,8 @@ import io
 import os
 import signal
 import subprocess
+import textwrap
 import sys
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -248,27 +248,33 @@ def test_fail_fast_stops_at_the_first_failed_cell(tmp_path, extra_plugins):
 
 def test_sigkill_half_way_then_resume(tmp_path):
     """A crash loses at most the cells in flight; a re-run completes every cell once."""
-    # 5 seeds x 2 cfg x (reference + 2 methods x 9 rates) = 190 cells, ~20 ms of simulated work each
+    # 5 seeds x 2 cfg x (reference + 2 methods x 9 rates) = 190 cells, ~10 ms of simulated work each
     overrides = ["model.cost_ms=10", "matrix.seed=[0, 1, 2, 3, 4]", 'metrics.names=["synthetic_quality"]']
     args = [a for o in overrides for a in ("--set", o)]
-    bench = Path(sys.executable).with_name("bench")
-    proc = subprocess.Popen(
-        [str(bench), "run", str(SYNTHETIC), "--results", str(tmp_path), *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while len(live_fragments(tmp_path)) < 30:
-            assert proc.poll() is None, "the run finished before it could be killed"
-            assert time.monotonic() < deadline, "no progress"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    # the child kills itself as its 30th fragment is written: a deterministic point half-way
+    driver = textwrap.dedent("""
+        import os, signal, sys
+        import harness.store as store
+
+        write_cell, stored = store.Run.write_cell, []
+
+        def write_and_maybe_die(self, *a, **kw):
+            path = write_cell(self, *a, **kw)
+            stored.append(path)
+            if len(stored) == 30:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return path
+
+        store.Run.write_cell = write_and_maybe_die
+        from harness.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", driver, "run", str(SYNTHETIC), "--results", str(tmp_path), *args],
+                          capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     done = len(live_fragments(tmp_path))
     cells = plan_cells(load_matrix(SYNTHETIC, overrides))
-    assert len(cells) == 190 and 30 <= done < 190
+    assert len(cells) == 190 and done == 30
     for frag in live_fragments(tmp_path):  # what is visible is whole
         pq.read_table(frag)
 
