@@ -53,3 +53,16 @@ def test_diffusers_overhead_quick(tmp_path: Path) -> None:
     assert lines[0].startswith("StableDiffusionPipeline (tiny random SD pipeline)")
     assert lines[-2] == "same images: max |diff| = 0.00e+00 (ok)"  # the wrapper draws exactly the pipeline's images
     assert re.fullmatch(r"diffbench vs direct pipeline call: \d+\.\d\dx time", lines[-1])
+
+
+def test_harness_overhead_small(tmp_path: Path) -> None:
+    # 19 cells of 10 ms: the script's bookkeeping end to end, the figure is not checked
+    proc = subprocess.run(
+        [sys.executable, str(PERF / "harness_overhead.py"), "--work-s", "0.01", "--cells", "19"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("cells run: 19 ")
+    assert re.fullmatch(r"plan 10,000 cells: \d+\.\d\d s", lines[-2])
+    assert re.fullmatch(r"harness overhead: \d+\.\d% of wall time", lines[-1])

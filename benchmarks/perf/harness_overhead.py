@@ -41,21 +41,11 @@ def _timed(cls: type, method: str, bucket: list[float]) -> None:
     setattr(cls, method, wrapper)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work-s", type=float, default=1.0, help="simulated plugin work per cell (s)")
-    parser.add_argument("--cells", type=int, default=200, help="about how many cells to run (19 per seed)")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+def _time_plugin_calls(registry: object) -> list[float]:
+    """Wrap every plugin entry point the stages call; the returned list collects their times."""
+    from plugins.models.synthetic import SyntheticFamily, SyntheticModel
 
-    from harness import runner
-    from harness.config import load_matrix
-    from harness.planner import plan_cells
-    from harness.registry import build_registry
-
-    registry = build_registry()
     plugin_time: list[float] = []
-    # every plugin entry point the engine calls
     for kind, name, method in [
         ("models", "synthetic", "build"),
         ("datasets", "synthetic", "load"),
@@ -64,13 +54,55 @@ def main() -> None:
         ("pruners", "magnitude", "prune"),
         ("pruners", "random", "prune"),
     ]:
-        _timed(registry.get(kind, name), method, plugin_time)
-    from plugins.models.synthetic import SyntheticFamily, SyntheticModel
+        _timed(registry.get(kind, name), method, plugin_time)  # type: ignore[attr-defined]
+    for cls, method in ((SyntheticModel, "sample"), (SyntheticFamily, "restore"), (SyntheticFamily, "state")):
+        _timed(cls, method, plugin_time)
+    return plugin_time
 
-    _timed(SyntheticModel, "sample", plugin_time)
-    _timed(SyntheticFamily, "restore", plugin_time)
-    _timed(SyntheticFamily, "state", plugin_time)
 
+def _warm_start_up() -> float:
+    """Import torch and warm its FLOP counter (whose first count imports dynamo, ~1.3 s):
+    seconds once per process whatever the matrix, reported apart; returns the seconds."""
+    t0 = time.perf_counter()
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import harness.worker  # noqa: F401
+
+    with FlopCounterMode(display=False):
+        torch.nn.Linear(2, 2)(torch.ones(1, 2))
+    return time.perf_counter() - t0
+
+
+def _plan_seconds(registry: object) -> tuple[int, float]:
+    """Cells planned and seconds to plan 10,000 cells: 2 methods x 10 rates x 10 CFG x 50 seeds."""
+    from harness.config import load_matrix
+    from harness.planner import plan_cells
+
+    big = [
+        'matrix.pruning_method=["magnitude", "random"]',
+        f"matrix.pruning_rate={[round(0.05 + 0.09 * i, 2) for i in range(10)]}",
+        f"matrix.cfg_scale={[float(c) for c in range(1, 11)]}",
+        f"matrix.seed={list(range(50))}",
+    ]
+    cfg = load_matrix(MATRIX, big, registry=registry)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    planned = plan_cells(cfg)
+    return len(planned), time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work-s", type=float, default=1.0, help="simulated plugin work per cell (s)")
+    parser.add_argument("--cells", type=int, default=200, help="about how many cells to run (19 per seed)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    from harness import runner
+    from harness.registry import build_registry
+
+    registry = build_registry()
+    plugin_time = _time_plugin_calls(registry)
     overrides = [
         'matrix.pruning_method=["magnitude", "random"]',
         "matrix.pruning_rate=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]",
@@ -80,45 +112,21 @@ def main() -> None:
         "sampling.warmup=false",
         f'execution.device="{args.device}"',
     ]
-    # one-off start-up: importing torch (and torch's FLOP counter, whose first count of a
-    # module call imports dynamo: ~1.3 s) takes seconds whatever the matrix; reported
-    # apart, not counted per cell
-    t_imp = time.perf_counter()
-    import torch
-    import torch.utils.flop_counter  # noqa: F401
-
-    import harness.worker  # noqa: F401
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False):
-        torch.nn.Linear(2, 2)(torch.ones(1, 2))
-    startup = time.perf_counter() - t_imp
+    startup = _warm_start_up()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         summary = runner.run(MATRIX, overrides, results_dir=tmp, quiet=True)
         wall = time.perf_counter() - t0
     assert summary.error == 0, summary.errors[:3]
-    cells = summary.ok
-    work = sum(plugin_time)
+    cells, work = summary.ok, sum(plugin_time)
     overhead = wall - work
-
-    # planning 10,000 cells: 2 methods x 10 rates x 10 CFG scales x 50 seeds
-    big = [
-        'matrix.pruning_method=["magnitude", "random"]',
-        f"matrix.pruning_rate={[round(0.05 + 0.09 * i, 2) for i in range(10)]}",
-        f"matrix.cfg_scale={[float(c) for c in range(1, 11)]}",
-        f"matrix.seed={list(range(50))}",
-    ]
-    cfg = load_matrix(MATRIX, big, registry=registry)
-    t1 = time.perf_counter()
-    planned = plan_cells(cfg)
-    plan_s = time.perf_counter() - t1
+    planned, plan_s = _plan_seconds(registry)
 
     print(f"cells run: {cells}  wall: {wall:.1f} s  plugin work: {work:.1f} s  "
           f"(simulated {args.work_s:g} s per cell)")
     print(f"start-up imports (torch, FLOP counter), once per process, not counted: {startup:.1f} s")
     print(f"harness overhead per cell: {overhead / cells * 1000:.1f} ms")
-    print(f"planned cells: {len(planned)} (incl. references)")
+    print(f"planned cells: {planned} (incl. references)")
     print(f"plan 10,000 cells: {plan_s:.2f} s")
     print(f"harness overhead: {overhead / wall:.1%} of wall time")
 
