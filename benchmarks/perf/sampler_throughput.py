@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Idle OpenMP workers spin by default: on a shared, loaded machine that makes one and the
 # same forward pass vary 10x from call to call (measured on 2 busy cores), which drowns
@@ -178,7 +179,8 @@ def timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[Timing,
     return Timing(time.perf_counter() - t0, time.process_time() - c0), out
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; ``--quick`` shrinks the run, a scale of 0 or 1 is refused."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256, help="images per sampling run")
     parser.add_argument("--batch-size", type=int, default=None, help="harness batch size (default: --images)")
@@ -196,91 +198,139 @@ def main(argv: list[str] | None = None) -> int:
         args.images, args.steps, args.repeats, args.loop_images = 4, 2, 1, 2
     if args.cfg_scale in (0.0, 1.0):
         parser.error("--cfg-scale 0 or 1 runs a single branch; use a guided scale such as 3")
-    batch_size = args.batch_size or args.images
-    loop_images = max(1, min(args.loop_images, args.images))
+    return args
 
+
+@dataclass
+class Bench:
+    """The cell, its model and the inputs every contender samples from."""
+
+    stages: Any
+    cell: Any
+    spec: Any
+    variant: Any
+    model: Any
+    device: torch.device
+    noise: torch.Tensor
+    labels: torch.Tensor
+    n: int
+    loop_images: int
+    batch_size: int
+    steps: int
+    scale: float
+    harness_mode: str
+
+
+def build_bench(args: argparse.Namespace, tmp: Path) -> Bench:
+    """Write the matrix, plan its one cell and build its untrained teacher, noise and labels."""
     from harness.config import load_matrix
     from harness.diffusion import resolve_cfg_batching
     from harness.planner import plan_cells
     from harness.worker import Stages
 
-    with tempfile.TemporaryDirectory(prefix="sampler-throughput-") as tmp:
-        matrix = Path(tmp) / "sampler_throughput.toml"
-        matrix.write_text(MATRIX.format(steps=args.steps, cfg_batching=args.cfg_batching, images=args.images,
-                                        batch_size=batch_size, cfg_scale=args.cfg_scale, device=args.device))
-        cfg = load_matrix(matrix, results_dir=str(Path(tmp) / "results"))
-        (cell,) = plan_cells(cfg)
-        stages = Stages(cfg, Path(tmp) / "cache")
-        device = stages.session.device
-        spec = cell.variant
-        # an untrained teacher, built by the variant stage through the artifact cache as for
-        # any cell; trainable=False is the contract flag of families with ready weights
-        stages.session.family(spec).trainable = False
-        torch.manual_seed(args.seed)
-        variant = stages.variants.get(spec)
-        model = variant.model
+    batch_size = args.batch_size or args.images
+    matrix = tmp / "sampler_throughput.toml"
+    matrix.write_text(MATRIX.format(steps=args.steps, cfg_batching=args.cfg_batching, images=args.images,
+                                    batch_size=batch_size, cfg_scale=args.cfg_scale, device=args.device))
+    cfg = load_matrix(matrix, results_dir=str(tmp / "results"))
+    (cell,) = plan_cells(cfg)
+    stages = Stages(cfg, tmp / "cache")
+    device = stages.session.device
+    spec = cell.variant
+    # an untrained teacher, built by the variant stage through the artifact cache as for
+    # any cell; trainable=False is the contract flag of families with ready weights
+    stages.session.family(spec).trainable = False
+    torch.manual_seed(args.seed)
+    variant = stages.variants.get(spec)
+    model = variant.model
 
-        n = args.images
-        noise = stages.samples.noise(cell, tuple(model.sample_shape), n).to(device)
-        labels = model.encode_conditions(stages.samples.conditions(cell, n))
-        scale, steps = float(args.cfg_scale), args.steps
-        harness_mode = resolve_cfg_batching(args.cfg_batching, device)
+    n = args.images
+    noise = stages.samples.noise(cell, tuple(model.sample_shape), n).to(device)
+    labels = model.encode_conditions(stages.samples.conditions(cell, n))
+    return Bench(stages=stages, cell=cell, spec=spec, variant=variant, model=model, device=device, noise=noise,
+                 labels=labels, n=n, loop_images=max(1, min(args.loop_images, args.images)), batch_size=batch_size,
+                 steps=args.steps, scale=float(args.cfg_scale),
+                 harness_mode=resolve_cfg_batching(args.cfg_batching, device))
 
-        # the CPU seconds of the engine's timed model.sample call (its wall time is the
-        # engine's own figure); the instance attribute shadows the method for this model only
-        sample_cpu: list[float] = []
-        sample = model.sample
 
-        def sample_with_cpu(*a, **kw):  # noqa: ANN002, ANN003, ANN202
-            c0 = time.process_time()
-            try:
-                return sample(*a, **kw)
-            finally:
-                sample_cpu.append(time.process_time() - c0)
+def record_sample_cpu(model) -> list[float]:  # noqa: ANN001
+    """Record the CPU seconds of each ``model.sample`` call (the engine's timed call).
 
-        model.sample = sample_with_cpu  # type: ignore[method-assign]
+    Its wall time is the engine's own figure; the instance attribute shadows the method
+    for this model only.
+    """
+    sample_cpu: list[float] = []
+    sample = model.sample
 
-        def run_harness() -> tuple[Timing, torch.Tensor]:
-            tensors, meta = stages.samples.draw(spec, cell, False)
-            return Timing(meta["stats"]["sampling_seconds"], sample_cpu[-1]), tensors["images"]
+    def sample_with_cpu(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        c0 = time.process_time()
+        try:
+            return sample(*a, **kw)
+        finally:
+            sample_cpu.append(time.process_time() - c0)
 
-        contenders: dict[str, tuple[int, Callable[[], tuple[Timing, torch.Tensor]]]] = {
-            f"harness sampler (sample stage, {harness_mode})": (n, run_harness),
-            "hand-written batched, concat": (
-                n, lambda: timed(lambda: batched_loop(model, noise, labels, steps, scale, True), device)),
-            "hand-written batched, split": (
-                n, lambda: timed(lambda: batched_loop(model, noise, labels, steps, scale, False), device)),
-            "per-image loop (research script)": (
-                loop_images,
-                lambda: timed(lambda: per_image_loop(model, noise[:loop_images], labels[:loop_images], steps, scale),
-                              device)),
-        }
-        names = list(contenders)
-        # warm-up (the harness warms up inside every call, as a cell does)
-        m = min(n, 4)
-        batched_loop(model, noise[:m], labels[:m], steps, scale, True)
-        batched_loop(model, noise[:m], labels[:m], steps, scale, False)
-        per_image_loop(model, noise[:1], labels[:1], 1, scale)
+    model.sample = sample_with_cpu  # type: ignore[method-assign]
+    return sample_cpu
 
-        runs: dict[str, list[Timing]] = {k: [] for k in names}
-        outputs: dict[str, torch.Tensor] = {}
-        for r in range(args.repeats):
-            # rotate the order so no contender always follows the same one
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                timing, out = contenders[name][1]()
-                runs[name].append(timing)
-                outputs[name] = out
 
-    rate = {k: contenders[k][0] / min(t.wall for t in v) for k, v in runs.items()}
-    harness_name, concat_name, split_name, loop_name = names
-    best_hw = concat_name if rate[concat_name] >= rate[split_name] else split_name
-    diff_hw = max(float((outputs[harness_name] - outputs[k]).abs().max()) for k in (concat_name, split_name))
-    diff_loop = float((outputs[loop_name] - outputs[split_name][:loop_images]).abs().max())
+#: a contender: the images it samples per round and its timed round
+Contender = tuple[int, Callable[[], tuple[Timing, torch.Tensor]]]
 
+
+def make_contenders(b: Bench) -> dict[str, Contender]:
+    """The four contenders, in table order: harness, concat, split, per-image loop."""
+    sample_cpu = record_sample_cpu(b.model)
+
+    def run_harness() -> tuple[Timing, torch.Tensor]:
+        tensors, meta = b.stages.samples.draw(b.spec, b.cell, False)
+        return Timing(meta["stats"]["sampling_seconds"], sample_cpu[-1]), tensors["images"]
+
+    model, noise, labels, steps, scale, device = b.model, b.noise, b.labels, b.steps, b.scale, b.device
+    k = b.loop_images
+    return {
+        f"harness sampler (sample stage, {b.harness_mode})": (b.n, run_harness),
+        "hand-written batched, concat": (
+            b.n, lambda: timed(lambda: batched_loop(model, noise, labels, steps, scale, True), device)),
+        "hand-written batched, split": (
+            b.n, lambda: timed(lambda: batched_loop(model, noise, labels, steps, scale, False), device)),
+        "per-image loop (research script)": (
+            k, lambda: timed(lambda: per_image_loop(model, noise[:k], labels[:k], steps, scale), device)),
+    }
+
+
+def warm_up(b: Bench) -> None:
+    """Warm up the hand-written loops (the harness warms up inside every call, as a cell does)."""
+    m = min(b.n, 4)
+    batched_loop(b.model, b.noise[:m], b.labels[:m], b.steps, b.scale, True)
+    batched_loop(b.model, b.noise[:m], b.labels[:m], b.steps, b.scale, False)
+    per_image_loop(b.model, b.noise[:1], b.labels[:1], 1, b.scale)
+
+
+def timed_rounds(
+    contenders: dict[str, Contender], repeats: int
+) -> tuple[dict[str, list[Timing]], dict[str, torch.Tensor]]:
+    """Run the contenders in interleaved rounds: each one's timings, and its last output."""
+    names = list(contenders)
+    runs: dict[str, list[Timing]] = {k: [] for k in names}
+    outputs: dict[str, torch.Tensor] = {}
+    for r in range(repeats):
+        # rotate the order so no contender always follows the same one
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            timing, out = contenders[name][1]()
+            runs[name].append(timing)
+            outputs[name] = out
+    return runs, outputs
+
+
+def print_table(b: Bench, contenders: dict[str, Contender], runs: dict[str, list[Timing]],
+                rate: dict[str, float], best_hw: str, repeats: int) -> None:
+    """The set-up line, then one row per contender."""
+    model, names = b.model, list(contenders)
     params = sum(p.numel() for p in model.net.parameters())
-    print(f"unet teacher (untrained, {params:,} params), {tuple(model.sample_shape)}, DDIM {steps} steps, "
-          f"CFG {scale:g}, {n} images, batch {batch_size}, device {device}, torch threads {torch.get_num_threads()}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, best of {args.repeats} interleaved round(s)")
+    print(f"unet teacher (untrained, {params:,} params), {tuple(model.sample_shape)}, DDIM {b.steps} steps, "
+          f"CFG {b.scale:g}, {b.n} images, batch {b.batch_size}, device {b.device}, "
+          f"torch threads {torch.get_num_threads()}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, best of {repeats} interleaved round(s)")
     width = max(len(k) for k in names)
     print(f"{'contender':<{width}}  {'images':>6}  {'best s':>8}  {'median s':>8}  {'images/s':>8}  "
           f"{'cpu s':>8}  wall s per round")
@@ -289,11 +339,24 @@ def main(argv: list[str] | None = None) -> int:
         mark = "  <- best hand-written" if k == best_hw else ""
         print(f"{k:<{width}}  {contenders[k][0]:>6}  {min(walls):>8.3f}  {statistics.median(walls):>8.3f}  "
               f"{rate[k]:>8.1f}  {min(t.cpu for t in runs[k]):>8.3f}  {' '.join(f'{w:.2f}' for w in walls)}{mark}")
+
+
+def report(b: Bench, contenders: dict[str, Contender], runs: dict[str, list[Timing]],
+           outputs: dict[str, torch.Tensor], repeats: int) -> int:
+    """Print the table, the output check and the ratios (the last two lines); 1 when outputs disagree."""
+    rate = {k: contenders[k][0] / min(t.wall for t in v) for k, v in runs.items()}
+    names = list(contenders)
+    harness_name, concat_name, split_name, loop_name = names
+    best_hw = concat_name if rate[concat_name] >= rate[split_name] else split_name
+    diff_hw = max(float((outputs[harness_name] - outputs[k]).abs().max()) for k in (concat_name, split_name))
+    diff_loop = float((outputs[loop_name] - outputs[split_name][: b.loop_images]).abs().max())
+
+    print_table(b, contenders, runs, rate, best_hw, repeats)
     same = diff_hw <= TOLERANCE
     print(f"same output: harness vs hand-written max |diff| = {diff_hw:.2e} ({'ok' if same else 'MISMATCH'}); "
           f"per-image loop vs hand-written = {diff_loop:.2e} (images in [0, 1])")
     wall_ratio = rate[harness_name] / rate[best_hw]
-    if device.type == "cpu":
+    if b.device.type == "cpu":
         cpu_best = {k: min(t.cpu for t in runs[k]) for k in names}
         cpu_ratio = min(cpu_best[concat_name], cpu_best[split_name]) / cpu_best[harness_name]
         print(f"same work: sampler vs best hand-written loop by CPU seconds: {cpu_ratio:.2f}x")
@@ -303,6 +366,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sampler vs per-image loop: {rate[harness_name] / rate[loop_name]:.1f}x")
     print(f"sampler vs best hand-written loop: {wall_ratio:.2f}x")
     return 0 if same else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="sampler-throughput-") as tmp:
+        bench = build_bench(args, Path(tmp))
+        contenders = make_contenders(bench)
+        warm_up(bench)
+        runs, outputs = timed_rounds(contenders, args.repeats)
+    return report(bench, contenders, runs, outputs, args.repeats)
 
 
 if __name__ == "__main__":
