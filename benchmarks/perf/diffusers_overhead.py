@@ -24,14 +24,17 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see sampler_throughput.py
 
 import torch  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; ``--quick`` shrinks the run to a smoke test."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pretrained", default="", help="pipeline folder or hub id (default: a tiny random SD pipeline)")
     p.add_argument("--size", type=int, default=16, help="latent side of the tiny pipeline (images 8x larger)")
@@ -46,8 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.images, args.steps, args.batch, args.repeats, args.size = 2, 2, 2, 1, 8
+    return args
 
-    from harness.base import Conditions
+
+def build_model(
+    args: argparse.Namespace,
+) -> tuple[Any, torch.device, tempfile.TemporaryDirectory[str] | None]:
+    """diffbench's ``diffusers`` model on the device, and the temp folder of the tiny pipeline (if any)."""
     from harness.session import resolve_device
     from harness.testing import tiny_sd_pipeline
     from plugins.models.diffusers_model import DiffusersFamily
@@ -60,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         source = str(tiny_sd_pipeline(Path(tmp.name) / "pipe", sample_size=args.size))
     family = DiffusersFamily(pretrained=source, dtype=args.dtype)
     model = family.build(None).to(device)
+    return model, device, tmp
+
+
+def make_samplers(
+    model, args: argparse.Namespace, device: torch.device  # noqa: ANN001
+) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
+    """diffbench's sampling and the direct pipeline call, on the same prompts and latents."""
+    from harness.base import Conditions
+
     pipe = model.pipe
     n = args.images
     prompts = [f"a photo of object number {i}" for i in range(n)]
@@ -83,35 +100,59 @@ def main(argv: list[str] | None = None) -> int:
             images.append(out.float().cpu())
         return torch.cat(images)
 
-    def timed(fn) -> tuple[float, torch.Tensor]:  # noqa: ANN001
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - t0, out
+    return ours, direct
 
-    pipe.set_progress_bar_config(disable=True)
-    ours()  # warm-up both (first calls allocate and pick kernels)
-    direct()
+
+def timed(fn, device: torch.device) -> tuple[float, torch.Tensor]:  # noqa: ANN001
+    """Wall seconds of one call (synchronised on CUDA) and its output."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0, out
+
+
+def timed_rounds(
+    ours: Callable[[], torch.Tensor], direct: Callable[[], torch.Tensor], repeats: int, device: torch.device
+) -> tuple[dict[str, list[float]], dict[str, torch.Tensor]]:
+    """Both contenders in rounds of alternating order: their seconds, and their last images."""
     times: dict[str, list[float]] = {"diffbench": [], "direct": []}
     outputs: dict[str, torch.Tensor] = {}
-    for r in range(args.repeats):
+    for r in range(repeats):
         order = [("diffbench", ours), ("direct", direct)]
         for name, fn in order if r % 2 == 0 else order[::-1]:
-            seconds, outputs[name] = timed(fn)
+            seconds, outputs[name] = timed(fn, device)
             times[name].append(seconds)
+    return times, outputs
+
+
+def report(model, args: argparse.Namespace, device: torch.device,  # noqa: ANN001
+           times: dict[str, list[float]], outputs: dict[str, torch.Tensor]) -> None:
+    """The set-up line, one line per contender, the image check and, last, the ratio."""
     params = sum(q.numel() for q in model.net.parameters())
-    print(f"{type(pipe).__name__} ({source if args.pretrained else 'tiny random SD pipeline'}), denoiser "
-          f"{params:,} params, {model.resolution}px, {args.steps} steps, CFG {args.cfg:g}, {n} images, batch "
-          f"{args.batch}, device {device}, dtype {args.dtype}, {args.repeats} interleaved round(s)")
+    source = args.pretrained or "tiny random SD pipeline"
+    print(f"{type(model.pipe).__name__} ({source}), denoiser {params:,} params, {model.resolution}px, "
+          f"{args.steps} steps, CFG {args.cfg:g}, {args.images} images, batch {args.batch}, device {device}, "
+          f"dtype {args.dtype}, {args.repeats} interleaved round(s)")
     for name, ts in times.items():
         print(f"{name:10s} best {min(ts):8.3f} s  median {statistics.median(ts):8.3f} s  rounds "
               + " ".join(f"{t:.3f}" for t in ts))
     diff = float((outputs["diffbench"] - outputs["direct"]).abs().max())
     print(f"same images: max |diff| = {diff:.2e} ({'ok' if diff < 1e-3 else 'DIFFERENT'})")
     print(f"diffbench vs direct pipeline call: {min(times['diffbench']) / min(times['direct']):.2f}x time")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    model, device, tmp = build_model(args)
+    ours, direct = make_samplers(model, args, device)
+    model.pipe.set_progress_bar_config(disable=True)
+    ours()  # warm-up both (first calls allocate and pick kernels)
+    direct()
+    times, outputs = timed_rounds(ours, direct, args.repeats, device)
+    report(model, args, device, times, outputs)
     if tmp is not None:
         tmp.cleanup()
     return 0
