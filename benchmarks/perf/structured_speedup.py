@@ -18,13 +18,15 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see sampler_throughput.py
 
 import torch  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; ``--quick`` shrinks the run to a smoke test."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rate", type=float, default=0.5)
     p.add_argument("--images", type=int, default=256)
@@ -35,11 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.images, args.steps, args.repeats = 8, 2, 1
+    return args
 
+
+def build_models(args: argparse.Namespace) -> tuple[Any, Any, torch.device]:
+    """The untrained teacher and its copy pruned by ``structured`` at ``--rate`` (as a cell would), in eval mode."""
     from harness.base import Conditions, ImageBatch, PruneContext
-    from harness.session import resolve_device
-    from harness.sizes import measure_macs
     from harness.registry import build_registry
+    from harness.session import resolve_device
 
     device = resolve_device(args.device)
     reg = build_registry()
@@ -62,9 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     pruned = reg.get("pruners", "structured")().prune(pruned, args.rate, ctx)
     for m in (teacher, pruned):
         m.net.eval()
+    return teacher, pruned, device
 
-    def params(m) -> int:  # noqa: ANN001
-        return sum(t.numel() for t in m.net.parameters())
+
+def timed_rounds(teacher, pruned, args: argparse.Namespace,  # noqa: ANN001
+                 device: torch.device) -> dict[str, list[float]]:
+    """Warm up, then time DDIM + CFG sampling of both on the same noise and labels, in alternating order."""
+    from harness.base import Conditions
 
     gen = torch.Generator().manual_seed(1)
     noise = torch.randn((args.images, *teacher.sample_shape), generator=gen).to(device)
@@ -87,6 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         order = [("teacher", teacher), ("pruned", pruned)]
         for name, model in order if r % 2 == 0 else order[::-1]:
             times[name].append(run(model))
+    return times
+
+
+def params(m) -> int:  # noqa: ANN001
+    """Parameter count of the model's network."""
+    return sum(t.numel() for t in m.net.parameters())
+
+
+def report(teacher, pruned, args: argparse.Namespace, device: torch.device,  # noqa: ANN001
+           times: dict[str, list[float]]) -> None:
+    """Parameter and MAC ratios, the best round of each and, last, the speed-up."""
+    from harness.sizes import measure_macs
+
     best = {k: min(v) for k, v in times.items()}
     print(f"unet teacher {params(teacher):,} params, structured {args.rate:g}: {params(pruned):,} params "
           f"({params(pruned) / params(teacher):.2f}x), MACs {measure_macs(pruned) / measure_macs(teacher):.2f}x; "
@@ -94,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in times.items():
         print(f"{name:8s} best {best[name]:7.2f} s  rounds " + " ".join(f"{t:.2f}" for t in v))
     print(f"structured {args.rate:g} sampling speed-up: {best['teacher'] / best['pruned']:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    teacher, pruned, device = build_models(args)
+    times = timed_rounds(teacher, pruned, args, device)
+    report(teacher, pruned, args, device, times)
     return 0
 
 
