@@ -24,7 +24,7 @@ import hashlib
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,15 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "reference")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MIN_IMAGE_SIZE = 8
+
+#: default and help of the options the local-image datasets spell the same way
+_SHARED_OPTIONS: dict[str, tuple[Any, str]] = {
+    "max_items": (1000, "reference images (seeded subset); 0 = all"),
+    "train_items": (1000, "train images (seeded subset); 0 = all"),
+    "image_size": (256, "side after centre crop and bicubic resize"),
+    "subset_seed": (0, "seed of the subsets (and of caption = 'random')"),
+    "caption": ("first", "caption used per image"),
+}
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,16 @@ def check_common_options(options: Any) -> None:
         value = getattr(options, name, 0)
         if value < 0:
             raise ValueError(f"{name} must be >= 0 (0 = no limit), got {value}")
+
+
+def shared_option(name: str) -> Any:
+    """The dataclass field of an option every dataset that names it means the same way.
+
+    ``coco`` and ``flickr8k`` (and, for ``image_size`` and ``caption``, ``image_folder``)
+    take their defaults and help from here, so a default changed once changes for all.
+    """
+    default, help_text = _SHARED_OPTIONS[name]
+    return field(default=default, metadata={"help": help_text})
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
@@ -174,7 +193,7 @@ class LocalImageDataset(Dataset):
     """Base of datasets read from a local folder (see the module docstring).
 
     Subclasses define ``Options`` (with ``root``, ``image_size``, ``max_items``,
-    ``subset_seed`` and ``caption``), :meth:`_select` (or :meth:`_pools` for the
+    ``subset_seed`` and ``caption``), :meth:`_select` (or :meth:`_split_items` for the
     reference-first split below), :meth:`layout` and :meth:`content_files`.
     """
 
@@ -201,9 +220,21 @@ class LocalImageDataset(Dataset):
         """Annotation files whose bytes identify the dataset's content (for ``config_key``)."""
         return []
 
-    def _pools(self) -> tuple[list[Item], list[Item] | None]:
-        """Items of the reference split and of a separate train split (``None``: the same split)."""
+    def _split_items(self, split: str) -> list[Item]:
+        """The items of one named split (image and captions), for :meth:`_pools`."""
         raise NotImplementedError
+
+    def _pools(self) -> tuple[list[Item], list[Item] | None]:
+        """Items of the reference split and of a separate train split (``None``: the same split).
+
+        For datasets with named splits (``split``, ``train_split`` options): an unset
+        ``train_split`` or one equal to ``split`` means train takes the rest of ``split``.
+        """
+        o = self.options
+        ref = self._split_items(o.split)
+        if o.train_split is None or o.train_split == o.split:
+            return ref, None
+        return ref, self._split_items(o.train_split)
 
     def _select(self) -> Selection:
         """Reference first: ``max_items`` of the reference split (seeded), then ``train_items``

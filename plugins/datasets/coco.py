@@ -38,6 +38,7 @@ from plugins.datasets._images import (
     check_root,
     clean_caption,
     resolve_root,
+    shared_option,
     write_fixture_images,
 )
 
@@ -81,11 +82,11 @@ class Options:
     train_split: str | None = field(
         default=None, metadata={"help": "split of load('train'); default: the rest of `split`, disjoint from the reference"}
     )
-    max_items: int = field(default=1000, metadata={"help": "reference images (seeded subset); 0 = all"})
-    train_items: int = field(default=1000, metadata={"help": "train images (seeded subset); 0 = all"})
-    image_size: int = field(default=256, metadata={"help": "side after centre crop and bicubic resize"})
-    subset_seed: int = field(default=0, metadata={"help": "seed of the subsets (and of caption = 'random')"})
-    caption: Literal["first", "random"] = field(default="first", metadata={"help": "caption used per image"})
+    max_items: int = shared_option("max_items")
+    train_items: int = shared_option("train_items")
+    image_size: int = shared_option("image_size")
+    subset_seed: int = shared_option("subset_seed")
+    caption: Literal["first", "random"] = shared_option("caption")
 
     def __post_init__(self) -> None:
         check_common_options(self)
@@ -162,10 +163,3 @@ class CocoDataset(LocalImageDataset):
     def _split_items(self, split: str) -> list[Item]:
         images = image_dir(self.root, split) or self.root / split
         return parse_captions(annotation_file(self.root, split), images, self.where)
-
-    def _pools(self) -> tuple[list[Item], list[Item] | None]:
-        o = self.options
-        ref = self._split_items(o.split)
-        if o.train_split is None or o.train_split == o.split:
-            return ref, None
-        return ref, self._split_items(o.train_split)

@@ -37,6 +37,7 @@ from plugins.datasets._images import (
     clean_caption,
     is_image_name,
     resolve_root,
+    shared_option,
     write_fixture_images,
 )
 
@@ -99,11 +100,11 @@ class Options:
     train_split: Literal["train", "dev", "test", "all"] = field(
         default="train", metadata={"help": "split of load('train'); the same as split: the rest of it"}
     )
-    max_items: int = field(default=1000, metadata={"help": "reference images (seeded subset); 0 = all"})
-    train_items: int = field(default=1000, metadata={"help": "train images (seeded subset); 0 = all"})
-    image_size: int = field(default=256, metadata={"help": "side after centre crop and bicubic resize"})
-    subset_seed: int = field(default=0, metadata={"help": "seed of the subsets (and of caption = 'random')"})
-    caption: Literal["first", "random"] = field(default="first", metadata={"help": "caption used per image"})
+    max_items: int = shared_option("max_items")
+    train_items: int = shared_option("train_items")
+    image_size: int = shared_option("image_size")
+    subset_seed: int = shared_option("subset_seed")
+    caption: Literal["first", "random"] = shared_option("caption")
 
     def __post_init__(self) -> None:
         check_common_options(self)
@@ -218,10 +219,3 @@ class Flickr8kDataset(LocalImageDataset):
                 names.append(name)
             names = sorted(set(names))
         return [Item(key=n, path=images / n, captions=tuple(captions[n])) for n in names]
-
-    def _pools(self) -> tuple[list[Item], list[Item] | None]:
-        o = self.options
-        ref = self._split_items(o.split)
-        if o.train_split == o.split:
-            return ref, None
-        return ref, self._split_items(o.train_split)

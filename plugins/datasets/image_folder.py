@@ -45,6 +45,7 @@ from plugins.datasets._images import (
     limit,
     resolve_root,
     seeded_order,
+    shared_option,
     write_fixture_images,
 )
 
@@ -82,9 +83,9 @@ class Options:
     prompt_template: str = field(default="a photo of a {}", metadata={"help": "prompt of a labelled image without captions"})
     max_items: int = field(default=0, metadata={"help": "images used (seeded subset); 0 = all"})
     reference_fraction: float = field(default=0.2, metadata={"help": "share of the images held out as reference"})
-    image_size: int = field(default=256, metadata={"help": "side after centre crop and bicubic resize"})
+    image_size: int = shared_option("image_size")
     subset_seed: int = field(default=0, metadata={"help": "seed of the subset, the split (and caption = 'random')"})
-    caption: Literal["first", "random"] = field(default="first", metadata={"help": "caption used per image"})
+    caption: Literal["first", "random"] = shared_option("caption")
 
     def __post_init__(self) -> None:
         check_common_options(self)

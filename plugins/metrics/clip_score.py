@@ -22,7 +22,6 @@ ships with open_clip (no download).
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import threading
 import warnings
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from harness import ConfigError, Metric, MetricContext, MissingFileError, did_you_mean
+from plugins.metrics._common import local_weights, memoised, to_uint8_rgb
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +91,10 @@ def _check_names(opts: CLIPScoreOptions) -> dict[str, Any]:
 
 def resolve_clip_weights(opts: CLIPScoreOptions) -> Path | None:
     """The local checkpoint from the option or the env var, or None (open_clip resolves the tag)."""
-    configured = opts.weights or os.environ.get(ENV_VAR)
-    if not configured:
-        return None
-    source = "[metrics.clip_score] weights" if opts.weights else ENV_VAR
-    path = Path(configured).expanduser()
-    if not path.is_file():
-        raise MissingFileError(
-            f"clip_score: CLIP weights file {path} (from {source}) not found; "
-            + _how_to_fix(opts.model_name, opts.pretrained)
-        )
-    return path
+    return local_weights(
+        opts.weights, "[metrics.clip_score] weights", ENV_VAR, "clip_score: CLIP weights file",
+        lambda: _how_to_fix(opts.model_name, opts.pretrained),
+    )
 
 
 class CLIPModel:
@@ -162,10 +155,7 @@ class CLIPModel:
         import torch
         from PIL import Image
 
-        x = torch.as_tensor(images01).detach().float().cpu().clamp(0, 1)
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
-        u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        u8 = to_uint8_rgb(images01)
         return torch.stack([self.transform(Image.fromarray(img)) for img in u8])
 
     def cosine(self, images01: Any, prompts: list[str], batch_size: int = 32) -> Any:
@@ -193,13 +183,7 @@ def get_clip(opts: CLIPScoreOptions, device: Any) -> CLIPModel:
     local = resolve_clip_weights(opts)
     stamp = (str(local.resolve()), local.stat().st_mtime, local.stat().st_size) if local else None
     key = (opts.model_name, opts.pretrained, stamp, str(device))
-    with _LOCK:
-        found = _MODELS.get(key)
-    if found is None:
-        found = CLIPModel(opts, device)
-        with _LOCK:
-            found = _MODELS.setdefault(key, found)
-    return found
+    return memoised(_MODELS, _LOCK, key, lambda: CLIPModel(opts, device))
 
 
 class CLIPScore(Metric):

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import Dataset, MetricContext, stable_hash
+from plugins.metrics._common import cache_root, memoised, stored_artifact, to_unit
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +145,6 @@ class Classifier:
 # ------------------------------------------------------------------------- training
 
 
-def _to01(images: torch.Tensor) -> torch.Tensor:
-    return ((images.float() + 1) / 2).clamp(0, 1)
-
-
 def _labels(batch: Any, split: str) -> torch.Tensor:
     labels = batch.conditions.labels
     if labels is None:
@@ -171,9 +168,9 @@ def train_classifier(dataset: Dataset, config: ClassifierConfig) -> tuple[DigitN
     """Train on ``dataset.load("train")``; return the net and its metadata (CPU only)."""
     t0 = time.perf_counter()
     train = dataset.load("train")
-    x_train, y_train = _to01(train.images), _labels(train, "train")
+    x_train, y_train = to_unit(train.images), _labels(train, "train")
     reference = dataset.load("reference")
-    x_ref, y_ref = _to01(reference.images), _labels(reference, "reference")
+    x_ref, y_ref = to_unit(reference.images), _labels(reference, "reference")
     num_classes = int(dataset.num_classes or int(max(y_train.max(), y_ref.max())) + 1)
     channels, image_size = int(x_train.shape[1]), int(x_train.shape[-1])
 
@@ -276,48 +273,31 @@ def get_classifier(ctx: MetricContext, config: ClassifierConfig | None = None) -
         memo_key = f"{CLASSIFIER_KIND}:{ctx.cache.root.resolve()}:{ctx.cache.key(CLASSIFIER_KIND, cfg)}"
     else:
         memo_key = f"{CLASSIFIER_KIND}:mem-{stable_hash(cfg, 20)}"
-    with _MEMO_LOCK:
-        found = _MEMO.get(memo_key)
-    if found is not None:
-        return found
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         net, meta = train_classifier(dataset, config)
         return {k: v.detach().clone() for k, v in net.state_dict().items()}, meta
 
-    if ctx.cache is not None:
-        art = ctx.cache.get_or_create(CLASSIFIER_KIND, cfg, build)
-        clf = _restore(art.tensors, art.meta, config, art.key)
-    else:
-        tensors, meta = build()
-        clf = _restore(tensors, meta, config, memo_key.rsplit(":", 1)[1])
-    with _MEMO_LOCK:
-        return _MEMO.setdefault(memo_key, clf)
+    def load() -> Classifier:
+        tensors, meta, key = stored_artifact(ctx.cache, CLASSIFIER_KIND, cfg, build)
+        return _restore(tensors, meta, config, key or memo_key.rsplit(":", 1)[1])
+
+    return memoised(_MEMO, _MEMO_LOCK, memo_key, load)
 
 
 def get_reference_stats(ctx: MetricContext, clf: Classifier) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of the classifier features of the real ``reference`` split."""
-    from plugins.metrics._frechet import feature_stats
+    from plugins.metrics._frechet import cached_feature_stats
 
     dataset = _require_dataset(ctx)
     cfg = {"split": "reference", "features": "digit_classifier", "dataset": dataset.config_key()}
-    root = ctx.cache.root.resolve() if ctx.cache is not None else "mem"
-    memo_key = f"{REFERENCE_STATS_KIND}:{root}:{clf.key}:{stable_hash(cfg, 20)}"
-    with _MEMO_LOCK:
-        found = _MEMO.get(memo_key)
-    if found is not None:
-        return found
+    memo_key = f"{REFERENCE_STATS_KIND}:{cache_root(ctx.cache)}:{clf.key}:{stable_hash(cfg, 20)}"
 
-    def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        real = _to01(dataset.load("reference").images)
-        mu, sigma = feature_stats(clf.features(real, ctx.device))
-        return {"mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}, {"num_images": len(real)}
+    def load() -> tuple[np.ndarray, np.ndarray]:
+        mu, sigma, _num, _key = cached_feature_stats(
+            ctx.cache, REFERENCE_STATS_KIND, cfg, lambda: to_unit(dataset.load("reference").images),
+            lambda real: clf.features(real, ctx.device), parent=clf.key,
+        )
+        return mu, sigma
 
-    if ctx.cache is not None:
-        art = ctx.cache.get_or_create(REFERENCE_STATS_KIND, cfg, build, parent=clf.key)
-        tensors = art.tensors
-    else:
-        tensors, _meta = build()
-    stats = (tensors["mu"].double().numpy(), tensors["sigma"].double().numpy())
-    with _MEMO_LOCK:
-        return _MEMO.setdefault(memo_key, stats)
+    return memoised(_MEMO, _MEMO_LOCK, memo_key, load)

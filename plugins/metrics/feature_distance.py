@@ -26,15 +26,10 @@ class FeatureDistance(Metric):
     def compute(self, ctx: MetricContext) -> float:
         import numpy as np
 
+        from plugins.metrics._common import check_paired
         from plugins.metrics.digits_classifier import get_classifier
 
-        if ctx.reference_samples is None:
-            raise ValueError("feature_distance needs ctx.reference_samples (the reference model's samples)")
-        if tuple(ctx.samples.shape) != tuple(ctx.reference_samples.shape):
-            raise ValueError(
-                f"feature_distance: samples {tuple(ctx.samples.shape)} and reference samples "
-                f"{tuple(ctx.reference_samples.shape)} differ in shape"
-            )
+        check_paired(ctx, self.name)
         clf = get_classifier(ctx)
         a = clf.features(ctx.samples, ctx.device)
         b = clf.features(ctx.reference_samples, ctx.device)

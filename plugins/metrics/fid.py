@@ -22,7 +22,6 @@ N x 3 x 299 x 299 inputs in [-1, 1] to N x 2048 features (what clean-fid's
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import threading
 import warnings
@@ -30,9 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness import Metric, MetricContext, MissingFileError, offline
-
-log = logging.getLogger(__name__)
+from harness import Metric, MetricContext, MissingFileError
+from plugins.metrics._common import (
+    cache_root,
+    download_weights,
+    local_weights,
+    memoised,
+    to_uint8_rgb,
+    to_unit,
+)
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/" + INCEPTION_FILE
@@ -56,33 +61,15 @@ def _how_to_fix() -> str:
 
 def resolve_inception_weights(weights: str | os.PathLike[str] | None = None) -> Path:
     """The local Inception file: option, env var, download caches, else download (see module doc)."""
-    configured = weights or os.environ.get(ENV_VAR)
-    if configured:
-        source = "[metrics.fid] weights" if weights else ENV_VAR
-        path = Path(configured).expanduser()
-        if path.is_dir():
-            path = path / INCEPTION_FILE
-        if not path.is_file():
-            raise MissingFileError(f"fid: Inception weights file {path} (from {source}) not found; {_how_to_fix()}")
+    what = "fid: Inception weights file"
+    path = local_weights(weights, "[metrics.fid] weights", ENV_VAR, what, _how_to_fix, INCEPTION_FILE)
+    if path is not None:
         return path
     target = _hub_path()
     for candidate in (target, CLEANFID_CACHE):
         if candidate.is_file():
             return candidate
-    if offline():
-        raise MissingFileError(f"fid: Inception weights file {target} not found and downloads are off; {_how_to_fix()}")
-    import torch
-
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        log.info("downloading %s to %s", INCEPTION_URL, target)
-        torch.hub.download_url_to_file(INCEPTION_URL, str(target), progress=False)
-    except Exception as exc:  # URLError, HTTPError, OSError...
-        reason = getattr(exc, "reason", exc)
-        raise MissingFileError(
-            f"fid: Inception weights file {target} not found and the download failed ({reason}); {_how_to_fix()}"
-        ) from None
-    return target
+    return download_weights(INCEPTION_URL, target, what, _how_to_fix)
 
 
 def _file_sha256(path: Path) -> str:
@@ -130,12 +117,7 @@ class InceptionFeatures:
         import torch
         from cleanfid.resize import build_resizer
 
-        x = torch.as_tensor(images01).detach().float().cpu().clamp(0, 1)
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
-        if x.shape[1] != 3:
-            raise ValueError(f"fid expects 1 or 3 channels, got {x.shape[1]}")
-        u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        u8 = to_uint8_rgb(images01, "fid")
         fn_resize = build_resizer("clean")
         out = np.stack([fn_resize(img) for img in u8]) if len(u8) else np.zeros((0, 299, 299, 3), np.float32)
         return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
@@ -164,13 +146,7 @@ def get_inception(weights: str | None, device: Any) -> InceptionFeatures:
     path = resolve_inception_weights(weights).resolve()
     st = path.stat()
     key = (str(path), st.st_mtime, st.st_size, str(device))
-    with _LOCK:
-        found = _EXTRACTORS.get(key)
-    if found is None:
-        found = InceptionFeatures(path, device)
-        with _LOCK:
-            found = _EXTRACTORS.setdefault(key, found)
-    return found
+    return memoised(_EXTRACTORS, _LOCK, key, lambda: InceptionFeatures(path, device))
 
 
 @dataclass
@@ -211,9 +187,8 @@ class FID(Metric):
         cached as a ``reference_stats`` artifact; ``reference`` names it
         (``"<dataset>:reference@<size>px/inception-<sha8>:<artifact key>"``).
         """
-        import torch
-
-        from plugins.metrics._frechet import feature_stats
+        from harness import stable_hash
+        from plugins.metrics._frechet import cached_feature_stats, feature_stats
 
         opts = self._opts()
 
@@ -222,7 +197,7 @@ class FID(Metric):
                 return ctx.real_images
             if ctx.dataset is None:
                 raise ValueError("fid needs ctx.real_images or ctx.dataset (the real reference images)")
-            return ((ctx.dataset.load("reference").images.float() + 1) / 2).clamp(0, 1)
+            return to_unit(ctx.dataset.load("reference").images)
 
         extractor_name = f"inception-{extractor.sha256[:8]}"
         if ctx.dataset is None:  # nothing identifies the real images: no caching
@@ -235,31 +210,16 @@ class FID(Metric):
             "split": "reference",
             "dataset": ctx.dataset.config_key(),
         }
-        from harness import stable_hash
-
         label = f"{ctx.dataset.name}:reference@{getattr(ctx.dataset, 'image_size', '?')}px/{extractor_name}"
-        root = ctx.cache.root.resolve() if ctx.cache is not None else "mem"
-        memo_key = f"{root}:{stable_hash(config, 20)}"
-        with _LOCK:
-            found = _STATS.get(memo_key)
-        if found is not None:
-            return found
+        memo_key = f"{cache_root(ctx.cache)}:{stable_hash(config, 20)}"
 
-        def build() -> tuple[dict[str, Any], dict[str, Any]]:
-            real = real_images01()
-            mu, sigma = feature_stats(extractor(real, opts.batch_size))
-            return {"mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}, {"num_images": len(real)}
+        def load() -> tuple[Any, Any, str, int]:
+            mu, sigma, num_images, key = cached_feature_stats(
+                ctx.cache, "reference_stats", config, real_images01, lambda real: extractor(real, opts.batch_size)
+            )
+            return mu, sigma, f"{label}:{(key or stable_hash(config, 16))[:12]}", num_images
 
-        if ctx.cache is not None:
-            art = ctx.cache.get_or_create("reference_stats", config, build)
-            tensors, meta, key = art.tensors, art.meta, art.key
-        else:
-            tensors, meta = build()
-            key = stable_hash(config, 16)
-        stats = (tensors["mu"].double().numpy(), tensors["sigma"].double().numpy(), f"{label}:{key[:12]}",
-                 int(meta.get("num_images", 0)))
-        with _LOCK:
-            return _STATS.setdefault(memo_key, stats)
+        return memoised(_STATS, _LOCK, memo_key, load)
 
     def compute(self, ctx: MetricContext) -> list[dict[str, Any]]:
         """One row; ``reference`` / ``num_reference`` say which statistics it was measured against."""

@@ -18,17 +18,14 @@ A configured path that does not exist, or a failed/forbidden download, is a one-
 
 from __future__ import annotations
 
-import logging
-import os
 import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from harness import Metric, MetricContext, MissingFileError, offline
-
-log = logging.getLogger(__name__)
+from harness import Metric, MetricContext, MissingFileError
+from plugins.metrics._common import check_paired, download_weights, local_weights, memoised
 
 ENV_VAR = "DIFFBENCH_LPIPS_BACKBONE"
 BACKBONE_URLS = {
@@ -50,35 +47,16 @@ def resolve_backbone_weights(net: str, backbone_weights: str | None = None) -> P
     """The local torchvision backbone checkpoint: option, env var, torch's cache, else download."""
     import torch
 
-    configured = backbone_weights or os.environ.get(ENV_VAR)
-    if configured:
-        source = "[metrics.lpips] backbone_weights" if backbone_weights else ENV_VAR
-        path = Path(configured).expanduser()
-        if not path.is_file():
-            raise MissingFileError(
-                f"lpips: {net} backbone weights file {path} (from {source}) not found; {_how_to_fix(net)}"
-            )
+    what = f"lpips: {net} backbone weights file"
+    path = local_weights(backbone_weights, "[metrics.lpips] backbone_weights", ENV_VAR, what, lambda: _how_to_fix(net))
+    if path is not None:
         return path
     url = BACKBONE_URLS[net]
     target = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
     if target.is_file():
         return target
-    if offline():
-        raise MissingFileError(
-            f"lpips: {net} backbone weights file {target} not found and downloads are off; {_how_to_fix(net)}"
-        )
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        log.info("downloading %s to %s", url, target)
-        # torchvision's file names carry the SHA-256 prefix after the last '-'
-        torch.hub.download_url_to_file(url, str(target), hash_prefix=target.stem.rsplit("-", 1)[1], progress=False)
-    except Exception as exc:
-        reason = getattr(exc, "reason", exc)
-        raise MissingFileError(
-            f"lpips: {net} backbone weights file {target} not found and the download failed ({reason}); "
-            + _how_to_fix(net)
-        ) from None
-    return target
+    # torchvision's file names carry the SHA-256 prefix after the last '-'
+    return download_weights(url, target, what, lambda: _how_to_fix(net), hash_prefix=target.stem.rsplit("-", 1)[1])
 
 
 def build_lpips(net: str, backbone_path: Path) -> Any:
@@ -135,13 +113,7 @@ def get_lpips(opts: LPIPSOptions, device: Any) -> Any:
     path = resolve_backbone_weights(opts.net, opts.backbone_weights).resolve()
     st = path.stat()
     key = (opts.net, str(path), st.st_mtime, st.st_size, str(device))
-    with _LOCK:
-        found = _MODELS.get(key)
-    if found is None:
-        found = build_lpips(opts.net, path).to(device)
-        with _LOCK:
-            found = _MODELS.setdefault(key, found)
-    return found
+    return memoised(_MODELS, _LOCK, key, lambda: build_lpips(opts.net, path).to(device))
 
 
 class LPIPS(Metric):
@@ -181,13 +153,7 @@ class LPIPS(Metric):
         import torch
 
         opts = self.options or LPIPSOptions()
-        if ctx.reference_samples is None:
-            raise ValueError("lpips needs ctx.reference_samples (the reference model's samples)")
-        if tuple(ctx.samples.shape) != tuple(ctx.reference_samples.shape):
-            raise ValueError(
-                f"lpips: samples {tuple(ctx.samples.shape)} and reference samples "
-                f"{tuple(ctx.reference_samples.shape)} differ in shape"
-            )
+        check_paired(ctx, self.name)
         model = get_lpips(opts, ctx.device)
         values = []
         for i in range(0, len(ctx.samples), opts.batch_size):

@@ -49,10 +49,11 @@ __all__ = [
 SAMPLE_GRID_CONDITIONS = "sample_grid_conditions"
 
 
-def _positive(options: Any, *keys: str) -> None:
+def _at_least(minimum: int, options: Any, *keys: str) -> None:
+    """The one range check of the visual metrics' options: counts >= 1, indices >= 0."""
     for key in keys:
-        if getattr(options, key) < 1:
-            raise ValueError(f"{key} must be >= 1, got {getattr(options, key)}")
+        if getattr(options, key) < minimum:
+            raise ValueError(f"{key} must be >= {minimum}, got {getattr(options, key)}")
 
 
 def condition_strings(conditions: Conditions | None, n: int) -> list[str] | None:
@@ -76,7 +77,7 @@ class SampleGridOptions:
     num_images: int = field(default=64, metadata={"help": "keep the first this many samples (an 8 x 8 grid)"})
 
     def __post_init__(self) -> None:
-        _positive(self, "num_images")
+        _at_least(1, self, "num_images")
 
 
 class SampleGrid(Metric):
@@ -131,9 +132,8 @@ class DenoisingStripOptions:
     sample_index: int = field(default=0, metadata={"help": "which sample (its trajectory must be recorded)"})
 
     def __post_init__(self) -> None:
-        _positive(self, "num_steps")
-        if self.sample_index < 0:
-            raise ValueError(f"sample_index must be >= 0, got {self.sample_index}")
+        _at_least(1, self, "num_steps")
+        _at_least(0, self, "sample_index")
 
 
 class DenoisingStrip(Metric):
@@ -212,7 +212,7 @@ class LatentPCAOptions:
     num_points: int = field(default=256, metadata={"help": "project the first this many samples"})
 
     def __post_init__(self) -> None:
-        _positive(self, "num_points")
+        _at_least(1, self, "num_points")
 
 
 class LatentPCA(Metric):
@@ -261,10 +261,8 @@ class AttentionMapsOptions:
     sample_index: int = field(default=0, metadata={"help": "which sample's condition and reference image"})
 
     def __post_init__(self) -> None:
-        _positive(self, "timesteps")
-        for key in ("block", "sample_index"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        _at_least(1, self, "timesteps")
+        _at_least(0, self, "block", "sample_index")
 
 
 class AttentionMaps(Metric):

@@ -543,24 +543,31 @@ def summary_text(
         if 0.0 not in s.index:
             lines.append(f"No reference row of {prim} at CFG {st.fmt_num(cfg)}: no budget or cliff computed.")
             continue
-        ref = float(s.loc[0.0, "mean"])
-        res = budget_and_cliff(s.index, s["mean"], ref, higher, budget, cliff)
-        lines.append("")
-        lines.append("Loss of " + prim + " vs reference: " +
-                     ", ".join(f"{st.fmt_num(r)}: {loss:+.1%}" for r, loss in res.losses.items()))
-        if res.best_rate is None:
-            lines.append(f"Best rate within {budget:.0%}: none (every rate loses more than {budget:.0%}).")
-        else:
-            v = float(s.loc[res.best_rate, "mean"])
-            lines.append(f"Best rate within {budget:.0%}: {st.fmt_num(res.best_rate)} "
-                         f"({prim} {v:.4g} vs reference {ref:.4g}, loss {res.losses[res.best_rate]:+.1%})")
-        if res.cliff_rate is None:
-            lines.append(f"Cliff (> {cliff:.0%} loss): none up to rate {st.fmt_num(max(res.losses, default=0))}.")
-        else:
-            v = float(s.loc[res.cliff_rate, "mean"])
-            lines.append(f"Cliff (> {cliff:.0%} loss): {st.fmt_num(res.cliff_rate)} "
-                         f"({prim} {v:.4g} vs reference {ref:.4g}, loss {res.losses[res.cliff_rate]:+.1%})")
+        lines += _budget_lines(s, prim, higher, budget, cliff)
     return "\n".join(lines) + "\n"
+
+
+def _budget_lines(s: pd.DataFrame, prim: str, higher: bool, budget: float, cliff: float) -> list[str]:
+    """The loss per rate, the best rate within ``budget`` and the cliff, from ``prim``'s per-rate stats ``s``."""
+    ref = float(s.loc[0.0, "mean"])
+    res = budget_and_cliff(s.index, s["mean"], ref, higher, budget, cliff)
+
+    def at(rate: float) -> str:
+        # the best rate and the cliff are reported alike: the rate, its value, the reference's, the loss
+        return (f"{st.fmt_num(rate)} ({prim} {float(s.loc[rate, 'mean']):.4g} vs reference {ref:.4g}, "
+                f"loss {res.losses[rate]:+.1%})")
+
+    lines = ["", "Loss of " + prim + " vs reference: " +
+             ", ".join(f"{st.fmt_num(r)}: {loss:+.1%}" for r, loss in res.losses.items())]
+    if res.best_rate is None:
+        lines.append(f"Best rate within {budget:.0%}: none (every rate loses more than {budget:.0%}).")
+    else:
+        lines.append(f"Best rate within {budget:.0%}: {at(res.best_rate)}")
+    if res.cliff_rate is None:
+        lines.append(f"Cliff (> {cliff:.0%} loss): none up to rate {st.fmt_num(max(res.losses, default=0))}.")
+    else:
+        lines.append(f"Cliff (> {cliff:.0%} loss): {at(res.cliff_rate)}")
+    return lines
 
 
 class PruningSummary(st.BenchmarkPlot):

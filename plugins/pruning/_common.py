@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -305,3 +305,24 @@ def record_info(model: Any, facts: dict[str, Any]) -> None:
     info = getattr(model, "info", None)
     if isinstance(info, dict):
         info.setdefault("pruning", []).append(facts)
+
+
+def prune_unstructured(
+    model: Any, rate: float, pruner: str, protect: Iterable[str],
+    zero: Callable[[list[WeightRef], int, int], None],
+) -> Any:
+    """The one-shot unstructured flow of ``magnitude`` and ``random``: only the choice differs.
+
+    Validates ``rate``, gathers the prunable weights, and when ``round(rate * total) > 0``
+    lets ``zero(refs, count, total)`` set exactly ``count`` of them to zero; then records
+    the method, rate and measured sparsity in ``model.info``. Kept in one place so the two
+    pruners cannot drift apart in scope, rounding or what they record.
+    """
+    rate = check_rate(rate, pruner)
+    refs = prunable_weights(model.net, protect, warn=True)
+    total = num_weights(refs)
+    count = round(rate * total)
+    if count > 0:
+        zero(refs, count, total)
+    record_info(model, {"method": pruner, "rate": rate, "sparsity": weight_sparsity(model.net, protect)})
+    return model

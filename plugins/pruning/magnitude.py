@@ -36,21 +36,15 @@ class MagnitudePruner(Pruner):
     removes_structure: ClassVar[bool] = False
 
     def prune(self, model: DiffusionModel, rate: float, ctx: PruneContext) -> DiffusionModel:
-        from torch.nn.utils import prune
-
         from plugins.pruning import _common
 
-        rate = _common.check_rate(rate, self.name)
-        refs = _common.prunable_weights(model.net, self.options.protect, warn=True)
-        count = round(rate * _common.num_weights(refs))
-        if count > 0:
+        def zero_smallest(refs: list[_common.WeightRef], count: int, total: int) -> None:
+            from torch.nn.utils import prune
+
             prune.global_unstructured(
                 [(r.module, r.attr) for r in refs], pruning_method=prune.L1Unstructured, amount=count
             )
             for r in refs:
                 prune.remove(r.module, r.attr)
-        _common.record_info(
-            model,
-            {"method": self.name, "rate": rate, "sparsity": _common.weight_sparsity(model.net, self.options.protect)},
-        )
-        return model
+
+        return _common.prune_unstructured(model, rate, self.name, self.options.protect, zero_smallest)

@@ -33,20 +33,13 @@ class RandomPruner(Pruner):
     removes_structure: ClassVar[bool] = False
 
     def prune(self, model: DiffusionModel, rate: float, ctx: PruneContext) -> DiffusionModel:
-        import torch
-
         from plugins.pruning import _common
 
-        rate = _common.check_rate(rate, self.name)
-        refs = _common.prunable_weights(model.net, self.options.protect, warn=True)
-        total = _common.num_weights(refs)
-        count = round(rate * total)
-        if count > 0:
+        def zero_at_random(refs: list[_common.WeightRef], count: int, total: int) -> None:
+            import torch
+
             flat = torch.ones(total)
             flat[torch.randperm(total, generator=ctx.generator)[:count]] = 0.0
             _common.apply_masks(refs, _common.split_like(flat, refs))
-        _common.record_info(
-            model,
-            {"method": self.name, "rate": rate, "sparsity": _common.weight_sparsity(model.net, self.options.protect)},
-        )
-        return model
+
+        return _common.prune_unstructured(model, rate, self.name, self.options.protect, zero_at_random)
