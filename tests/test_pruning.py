@@ -18,6 +18,7 @@ from harness.base import Conditions, ImageBatch, PruneContext, TrainContext
 from harness.diffusion import NoiseSchedule, ScheduledDiffusionModel
 from harness.errors import ConfigError
 from harness.modelio import count_params, net_state, restore_net
+from harness.sizes import count_macs
 from harness.training import finetune
 from plugins.pruning import _common
 from plugins.pruning.attention_heads import AttentionHeadPruner, heads_to_remove
@@ -221,10 +222,10 @@ def test_structured_removes_channels_physically_and_round_trips():
     ctx = make_ctx()
     net = model.net
     x, t, cond = ctx.example_inputs
-    params0, macs0 = count_params(net)[0], _common.count_macs(net, ctx.example_inputs)
+    params0, macs0 = count_params(net)[0], count_macs(net, ctx.example_inputs)
     groups0 = _gn_and_heads(net)
     StructuredPruner().prune(model, 0.5, ctx)
-    params1, macs1 = count_params(net)[0], _common.count_macs(net, ctx.example_inputs)
+    params1, macs1 = count_params(net)[0], count_macs(net, ctx.example_inputs)
     # both sides of most layers shrink: between (1-r)^2 and (1-r) of the parameters
     assert 0.2 <= params1 / params0 <= 0.55
     assert macs1 / macs0 <= 0.55

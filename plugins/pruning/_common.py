@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from harness import ConfigError
+from harness import weight_sparsity as harness_weight_sparsity
 
 log = logging.getLogger(__name__)
 
@@ -143,33 +144,9 @@ def resolve(net: nn.Module, names: Sequence[str]) -> list[WeightRef]:
 
 
 def weight_sparsity(net: nn.Module, protect: Iterable[str] = DEFAULT_PROTECT) -> float:
-    """Share of exactly-zero entries among the prunable weights of ``net`` (measured)."""
-    zeros = 0
-    total = 0
-    with torch.no_grad():
-        for ref in prunable_weights(net, protect):
-            t = ref.tensor
-            zeros += int((t == 0).sum())
-            total += t.numel()
-    return zeros / total if total else 0.0
-
-
-def count_macs(net: nn.Module, example_inputs: Sequence[Any]) -> int:
-    """Multiply-accumulates of one forward pass on ``example_inputs`` (flops / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from harness import register_flop_formulas
-
-    register_flop_formulas()  # attention kernels count too (idempotent)
-
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            net(*example_inputs)
-    finally:
-        net.train(was_training)
-    return int(counter.get_total_flops()) // 2
+    """Share of exactly-zero entries among the prunable weights of ``net`` (measured with
+    the core's one counter, :func:`harness.weight_sparsity`)."""
+    return harness_weight_sparsity(ref.tensor for ref in prunable_weights(net, protect))
 
 
 # ---------------------------------------------------------------------------- masks
