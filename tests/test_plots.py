@@ -20,7 +20,8 @@ import pytest
 
 from harness.schema import COLUMNS, size_tier
 from harness.store import load_results, rows_to_table
-from plugins.plots import _style as st
+from plugins.plots import _data as dt
+from plugins.plots import _labels as lb
 from plugins.plots import bench_register_plots
 from plugins.plots.pruning import (
     PruningCurves,
@@ -113,7 +114,7 @@ def _cell(benchmark: str, size: float | None, method: str, rate: float, cfg: flo
     }
 
 
-def _metric_rows(cell: dict, values: dict[str, float], lower: frozenset[str] = st.LOWER_IS_BETTER) -> list[dict]:
+def _metric_rows(cell: dict, values: dict[str, float], lower: frozenset[str] = lb.LOWER_IS_BETTER) -> list[dict]:
     rows = []
     for metric, value in values.items():
         if isinstance(value, dict):  # per-step rows: {timestep: value}
@@ -389,14 +390,14 @@ def test_radar_needs_three_metrics(distill_df: pd.DataFrame, tmp_path: Path) -> 
 
 
 def test_heatmaps_without_trajectory_metrics_draw_nothing(distill_df: pd.DataFrame, tmp_path: Path) -> None:
-    rest = distill_df[~distill_df["metric"].isin(st.TRAJECTORY_METRICS)]
+    rest = distill_df[~distill_df["metric"].isin(lb.TRAJECTORY_METRICS)]
     assert TrajectoryHeatmaps().draw(rest, tmp_path) == []
 
 
 # ------------------------------------------------------------------------------ numbers
 
 
-@pytest.mark.parametrize("metric", st.TRAJECTORY_METRICS)
+@pytest.mark.parametrize("metric", lb.TRAJECTORY_METRICS)
 def test_heatmap_data_is_the_pandas_pivot(distill_df: pd.DataFrame, metric: str) -> None:
     d = distill_df[(distill_df["metric"] == metric) & distill_df["size_factor"].notna()]
     d = d.astype({"metric": object})
@@ -428,34 +429,34 @@ def test_normalised_heatmap_tables(distill_df: pd.DataFrame) -> None:
 
 
 def test_normalise_small_cases() -> None:
-    mse, note = st.normalise("trajectory_mse", np.array([0.0, 1.0, 2.0, 4.0]))
+    mse, note = lb.normalise("trajectory_mse", np.array([0.0, 1.0, 2.0, 4.0]))
     np.testing.assert_allclose(mse, [1.0, 0.75, 0.5, 0.0])
     assert "1 − v / max v (max v = 4)" in note
-    scaled, _ = st.normalise("trajectory_mse", np.array([1.0, 2.0]), scale=8.0)
+    scaled, _ = lb.normalise("trajectory_mse", np.array([1.0, 2.0]), scale=8.0)
     np.testing.assert_allclose(scaled, [0.875, 0.75])
-    cos, note = st.normalise("directional_consistency", pd.Series([-0.5, 0.3, 1.0], index=[1, 2, 3]))
+    cos, note = lb.normalise("directional_consistency", pd.Series([-0.5, 0.3, 1.0], index=[1, 2, 3]))
     assert list(cos.index) == [1, 2, 3]
     np.testing.assert_allclose(cos.to_numpy(), [0.0, 0.3, 1.0])
     assert "max(cos, 0)" in note
-    same, note = st.normalise("path_length_similarity", np.array([0.2, 0.9]))
+    same, note = lb.normalise("path_length_similarity", np.array([0.2, 0.9]))
     np.testing.assert_allclose(same, [0.2, 0.9])
     assert "as is" in note
-    zero, _ = st.normalise("trajectory_mse", np.array([0.0, 0.0]))  # all identical to the teacher
+    zero, _ = lb.normalise("trajectory_mse", np.array([0.0, 0.0]))  # all identical to the teacher
     np.testing.assert_allclose(zero, [1.0, 1.0])
-    assert st.normalise("trajectory_mse", 1.0, scale=2.0)[0] == 0.5
+    assert lb.normalise("trajectory_mse", 1.0, scale=2.0)[0] == 0.5
 
 
 def test_inversion_makes_higher_better() -> None:
     fid = pd.Series([10.0, 20.0])
-    np.testing.assert_allclose(st.better_up(fid, higher=False), [-10.0, -20.0])
-    np.testing.assert_allclose(st.better_up(fid, higher=True), [10.0, 20.0])
-    assert st.better_up_label("fid_digits", False) == "−FID (digit features)\n(negated: higher is better)"
-    assert st.better_up_label("label_accuracy", True) == "label accuracy"
+    np.testing.assert_allclose(lb.better_up(fid, higher=False), [-10.0, -20.0])
+    np.testing.assert_allclose(lb.better_up(fid, higher=True), [10.0, 20.0])
+    assert lb.better_up_label("fid_digits", False) == "−FID (digit features)\n(negated: higher is better)"
+    assert lb.better_up_label("label_accuracy", True) == "label accuracy"
 
 
 def test_radar_values(distill_df: pd.DataFrame) -> None:
     table, notes = radar_table(distill_df)
-    assert list(table.columns) == [*st.TRAJECTORY_METRICS, "eps_agreement", "label_accuracy"]
+    assert list(table.columns) == [*lb.TRAJECTORY_METRICS, "eps_agreement", "label_accuracy"]
     assert list(table.index) == list(SIZES)
     assert ((table >= 0) & (table <= 1)).all().all()
     # path length similarity, mean over CFG scales and seeds, as is
@@ -471,7 +472,7 @@ def test_radar_values(distill_df: pd.DataFrame) -> None:
 def test_seed_stats_mean_and_sd_over_seeds() -> None:
     df = pd.DataFrame({"size_factor": [0.1, 0.1, 0.1, 0.1, np.nan, np.nan], "seed": [0, 0, 1, 1, 0, 1],
                        "value": [1.0, 3.0, 4.0, 6.0, 7.0, 9.0]})
-    stats = st.seed_stats(df, ["size_factor"])  # seed 0 mean 2, seed 1 mean 5
+    stats = dt.seed_stats(df, ["size_factor"])  # seed 0 mean 2, seed 1 mean 5
     row = stats[stats["size_factor"] == 0.1].iloc[0]
     assert (row["mean"], row["n"]) == (3.5, 2)
     assert row["std"] == pytest.approx(np.std([2.0, 5.0], ddof=1))

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from plugins.plots import _data as dt
+from plugins.plots import _labels as lb
 from plugins.plots import _style as st
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,7 +71,7 @@ class PruningGroup:
 
     @property
     def title(self) -> str:
-        return "" if self.base is None else f" (student size {st.fmt_num(self.base)})"
+        return "" if self.base is None else f" (student size {lb.fmt_num(self.base)})"
 
     def rows(self, method: str | None = None) -> pd.DataFrame:
         """Reference rows (rate set to 0) plus the rows of ``method`` (all methods if None)."""
@@ -82,7 +84,7 @@ class PruningGroup:
 
 def pruning_groups(df: pd.DataFrame) -> list[PruningGroup]:
     """Split ok rows into :class:`PruningGroup` s, one per parent model that was pruned."""
-    d = st.ok_rows(df)
+    d = dt.ok_rows(df)
     if not len(d) or "pruning_method" not in d:
         return []
     method = d["pruning_method"].astype(object)
@@ -98,28 +100,28 @@ def pruning_groups(df: pd.DataFrame) -> list[PruningGroup]:
             sel_p, sel_r = pruned_all["size_factor"].isna(), unpruned["size_factor"].isna()
         else:
             sel_p, sel_r = np.isclose(pruned_all["size_factor"], base), np.isclose(unpruned["size_factor"], base)
-        suffix = "" if base is None else f"_size{st.fmt_num(base)}"
+        suffix = "" if base is None else f"_size{lb.fmt_num(base)}"
         groups.append(PruningGroup(base, suffix, unpruned[sel_r], pruned_all[sel_p]))
     return groups
 
 
 def curve_stats(group: PruningGroup, method: str, metric: str) -> pd.DataFrame:
     """Mean/s.d./n over seeds of ``metric`` per (cfg_scale, pruning_rate), the reference at 0."""
-    rows = st.scalar_rows(group.rows(method))
-    return st.seed_stats(rows[rows["metric"] == metric], ["cfg_scale", "pruning_rate"])
+    rows = dt.scalar_rows(group.rows(method))
+    return dt.seed_stats(rows[rows["metric"] == metric], ["cfg_scale", "pruning_rate"])
 
 
 def _metrics(group: PruningGroup, include_cost: bool = True) -> list[str]:
-    present = set(st.scalar_rows(group.pruned)["metric"])
-    out = sorted(present, key=lambda m: (m in st.COST_METRICS, _METRIC_ORDER.index(m) if m in _METRIC_ORDER else 99, m))
-    return [m for m in out if include_cost or m not in st.COST_METRICS]
+    present = set(dt.scalar_rows(group.pruned)["metric"])
+    out = sorted(present, key=lambda m: (m in lb.COST_METRICS, _METRIC_ORDER.index(m) if m in _METRIC_ORDER else 99, m))
+    return [m for m in out if include_cost or m not in lb.COST_METRICS]
 
 
 def _rate_ticks(ax: Any, rates: Sequence[float]) -> None:
     rates = sorted(set(float(r) for r in rates))
     if len(rates) <= 11:
         ax.set_xticks(rates)
-        ax.set_xticklabels([st.fmt_num(r) for r in rates])
+        ax.set_xticklabels([lb.fmt_num(r) for r in rates])
     ax.set_xlim(-0.03, max(rates) + 0.03 if rates else 1)
 
 
@@ -129,7 +131,7 @@ _RATE_LABEL = "pruning rate (0 = unpruned reference)"
 # ------------------------------------------------------------------------------ curves
 
 
-class PruningCurves(st.BenchmarkPlot):
+class PruningCurves(dt.BenchmarkPlot):
     """Metric vs pruning rate per method (lower-is-better metrics negated: up = better).
 
     Writes ``pruning/pruning_curves_<method>.png`` (one panel per metric, a line per CFG
@@ -172,21 +174,21 @@ class PruningCurves(st.BenchmarkPlot):
         axes = st.panel_grid(fig, len(metrics), 3)
         all_stats = []
         for ax, m in zip(axes, metrics):
-            higher = st.higher_is_better(rows, m)
+            higher = lb.higher_is_better(rows, m)
             stats = curve_stats(g, method, m)
             all_stats.append(stats)
             for cfg in cfgs:
                 part = stats[np.isclose(stats["cfg_scale"], cfg)].sort_values("pruning_rate")
                 if not len(part):
                     continue
-                st.errorbar(ax, part["pruning_rate"], st.better_up(part["mean"], higher), part["std"],
-                            color=colors[cfg], label=f"CFG {st.fmt_num(cfg)}")
+                st.errorbar(ax, part["pruning_rate"], lb.better_up(part["mean"], higher), part["std"],
+                            color=colors[cfg], label=f"CFG {lb.fmt_num(cfg)}")
                 ref = part[part["pruning_rate"] == 0.0]
                 if len(ref):
-                    ax.plot([0.0], st.better_up(ref["mean"], higher), marker="*", markersize=13, color="black",
+                    ax.plot([0.0], lb.better_up(ref["mean"], higher), marker="*", markersize=13, color="black",
                             linestyle="none", zorder=5, label="unpruned reference")
-            ax.set_title(f"{st.label(m)}")
-            ax.set_ylabel(st.better_up_label(m, higher))
+            ax.set_title(f"{lb.label(m)}")
+            ax.set_ylabel(lb.better_up_label(m, higher))
             ax.set_xlabel(_RATE_LABEL)
             _rate_ticks(ax, stats["pruning_rate"])
         handles, labels = _unique_legend(axes)
@@ -197,8 +199,8 @@ class PruningCurves(st.BenchmarkPlot):
         fig.suptitle(f"{method} pruning: metrics vs pruning rate{g.title}")
         st.footnote(fig, [
             "Up = better on every panel: lower-is-better metrics are negated (−v).",
-            st.spread_note(pd.concat(all_stats)),
-            st.averaged_note(rows, ["cfg_scale", "pruning_rate", "pruning_method"]),
+            dt.spread_note(pd.concat(all_stats)),
+            dt.averaged_note(rows, ["cfg_scale", "pruning_rate", "pruning_method"]),
         ])
         return st.save(fig, out, f"pruning_curves_{method}{g.suffix}.png")
 
@@ -206,7 +208,7 @@ class PruningCurves(st.BenchmarkPlot):
         import pandas as pd
 
         rows = g.rows()
-        higher = st.higher_is_better(rows, metric)
+        higher = lb.higher_is_better(rows, metric)
         cfgs = sorted(rows.loc[rows["metric"] == metric, "cfg_scale"].unique())
         styles = st.method_styles(g.methods)
         fig = st.new_figure(5.2 * len(cfgs) + 2.2, 4.6)
@@ -219,25 +221,25 @@ class PruningCurves(st.BenchmarkPlot):
                 if len(part) <= 1 and (part["pruning_rate"] == 0).all():
                     continue  # only the reference: this method has no row of this metric
                 all_stats.append(part)
-                st.errorbar(ax, part["pruning_rate"], st.better_up(part["mean"], higher), part["std"],
+                st.errorbar(ax, part["pruning_rate"], lb.better_up(part["mean"], higher), part["std"],
                             label=method, **styles[method])
-            ref = st.scalar_rows(g.reference)
+            ref = dt.scalar_rows(g.reference)
             ref = ref[(ref["metric"] == metric) & np.isclose(ref["cfg_scale"], cfg)]
             if len(ref):
                 ref_mean = ref.groupby("seed")["value"].mean().mean()
-                ax.plot([0.0], [st.better_up(ref_mean, higher)], marker="*", markersize=13, color="black",
+                ax.plot([0.0], [lb.better_up(ref_mean, higher)], marker="*", markersize=13, color="black",
                         linestyle="none", zorder=5, label="unpruned reference")
-            ax.set_title(f"CFG {st.fmt_num(cfg)}" if len(cfgs) > 1 else st.label(metric))
+            ax.set_title(f"CFG {lb.fmt_num(cfg)}" if len(cfgs) > 1 else lb.label(metric))
             ax.set_xlabel(_RATE_LABEL)
-            ax.set_ylabel(st.better_up_label(metric, higher))
+            ax.set_ylabel(lb.better_up_label(metric, higher))
             _rate_ticks(ax, rows["pruning_rate"])
         handles, labels = _unique_legend(axes)
         fig.legend(handles, labels, loc="outside right center", title="method")
-        fig.suptitle(f"{st.label(metric)} vs pruning rate: all methods{g.title}")
+        fig.suptitle(f"{lb.label(metric)} vs pruning rate: all methods{g.title}")
         st.footnote(fig, [
             "Up = better" + ("" if higher else " (lower-is-better metric negated: −v)") + ".",
-            st.spread_note(pd.concat(all_stats)) if all_stats else "",
-            st.averaged_note(rows[rows["metric"] == metric], ["cfg_scale", "pruning_rate", "pruning_method"]),
+            dt.spread_note(pd.concat(all_stats)) if all_stats else "",
+            dt.averaged_note(rows[rows["metric"] == metric], ["cfg_scale", "pruning_rate", "pruning_method"]),
         ])
         return st.save(fig, out, f"compare_{metric}{g.suffix}.png")
 
@@ -296,10 +298,10 @@ def _cost_axes(g: PruningGroup) -> list[_Axis]:
 
 def pareto_points(g: PruningGroup, metric: str) -> pd.DataFrame:
     """Per (method, rate, cfg_scale) incl. the reference: mean quality and the cost axes."""
-    rows = st.scalar_rows(g.rows())
+    rows = dt.scalar_rows(g.rows())
     rows = rows.assign(pruning_method=rows["pruning_method"].where(rows["pruning_rate"] > 0, "reference"))
     keys = ["pruning_method", "pruning_rate", "cfg_scale"]
-    stats = st.seed_stats(rows[rows["metric"] == metric], keys)
+    stats = dt.seed_stats(rows[rows["metric"] == metric], keys)
     cells = rows.drop_duplicates([*keys, "seed"])
     ref_cells = cells[cells["pruning_method"] == "reference"]
     ref_nz = ref_cells["nonzero_params"].astype(float).mean() if "nonzero_params" in cells else math.nan
@@ -328,10 +330,10 @@ def _label_rates(ax: Any, x: np.ndarray, y: np.ndarray, rates: np.ndarray, min_g
         if any(abs(fx - px) < min_gap * 1.6 and abs(fy - py) < min_gap for px, py in placed):
             continue
         placed.append((fx, fy))
-        ax.annotate(st.fmt_num(rates[i]), (x[i], y[i]), textcoords="offset points", xytext=(6, 5), fontsize=8)
+        ax.annotate(lb.fmt_num(rates[i]), (x[i], y[i]), textcoords="offset points", xytext=(6, 5), fontsize=8)
 
 
-class PruningPareto(st.BenchmarkPlot):
+class PruningPareto(dt.BenchmarkPlot):
     """Quality vs measured cost reduction with the Pareto front, per metric.
 
     Writes ``pruning/pareto_<metric>.png``: columns = measured speed-up, parameter
@@ -359,8 +361,8 @@ class PruningPareto(st.BenchmarkPlot):
         # an axis on which every variant costs the same (MACs of unstructured pruning) says nothing
         varying = [a for a in axes_spec if np.nanmax(points[a.column]) - np.nanmin(points[a.column]) > 1e-9]
         axes_spec = varying or axes_spec[:1]
-        higher = st.higher_is_better(g.rows(), metric)
-        points["quality"] = st.better_up(points["mean"], higher)
+        higher = lb.higher_is_better(g.rows(), metric)
+        points["quality"] = lb.better_up(points["mean"], higher)
         cfgs = sorted(points["cfg_scale"].unique())
         methods = g.methods
         styles = st.method_styles(methods)
@@ -386,19 +388,19 @@ class PruningPareto(st.BenchmarkPlot):
                 _label_rates(ax, x[front], y[front], pc["pruning_rate"].to_numpy(float)[front])
                 ax.set_xlabel(spec.label)
                 if c == 0:
-                    ax.set_ylabel(st.better_up_label(metric, higher))
-                title = f"CFG {st.fmt_num(cfg)}" if len(cfgs) > 1 else ""
+                    ax.set_ylabel(lb.better_up_label(metric, higher))
+                title = f"CFG {lb.fmt_num(cfg)}" if len(cfgs) > 1 else ""
                 if title:
                     ax.set_title(title, fontsize=10)
         handles, labels = _unique_legend(fig.axes)
         fig.legend(handles, labels, loc="outside right center")
-        fig.suptitle(f"{st.label(metric)} vs cost reduction{g.title}")
+        fig.suptitle(f"{lb.label(metric)} vs cost reduction{g.title}")
         st.footnote(fig, [
-            "Up and right = better" + ("" if higher else f"; {st.label(metric)} negated (−v)") + ". "
+            "Up and right = better" + ("" if higher else f"; {lb.label(metric)} negated (−v)") + ". "
             "Ringed points: the Pareto front (no other point is better on both axes), labelled with the pruning "
             "rate where there is room.",
             "Points: mean over seeds. Speed-up = reference generation time / variant's (measured).",
-            st.averaged_note(g.rows(), ["cfg_scale", "pruning_rate", "pruning_method"]),
+            dt.averaged_note(g.rows(), ["cfg_scale", "pruning_rate", "pruning_method"]),
         ])
         return st.save(fig, out, f"pareto_{metric}{g.suffix}.png")
 
@@ -451,7 +453,7 @@ def _primary(g: PruningGroup, requested: str | None) -> str | None:
     metrics = _metrics(g, include_cost=False)
     if requested is not None:
         return requested if requested in metrics else None
-    ref = st.scalar_rows(g.reference)
+    ref = dt.scalar_rows(g.reference)
     usable = [m for m in metrics if np.isfinite(ref.loc[ref["metric"] == m, "value"].mean())
               and ref.loc[ref["metric"] == m, "value"].mean() != 0]
     for m in PRIMARY_ORDER:
@@ -480,7 +482,7 @@ def summary_text(
     cliff: float = 0.25,
 ) -> str:
     """The text of ``summary_<method>.txt`` (see :class:`PruningSummary`)."""
-    rows = st.scalar_rows(g.rows(method))
+    rows = dt.scalar_rows(g.rows(method))
     metrics = _metrics(g)
     prim = _primary(g, primary)
     lines = [f"Pruning summary: method '{method}'{g.title}"]
@@ -507,27 +509,27 @@ def summary_text(
         lines.append("No quality metric with a non-zero reference value: no budget or cliff computed.")
     else:
         lines.append(
-            f"Primary metric: {prim} ({'higher' if st.higher_is_better(rows, prim) else 'lower'} is better); "
+            f"Primary metric: {prim} ({'higher' if lb.higher_is_better(rows, prim) else 'lower'} is better); "
             f"budget: within {budget:.0%} of the reference; cliff: first rate losing more than {cliff:.0%}."
         )
     if (rows["metric"] == "synthetic_quality").any():
         lines.append("synthetic_quality is SYNTHETIC (a parametric curve plus noise), not a measurement.")
-    avg = st.averaged_note(rows, ["cfg_scale", "pruning_rate", "pruning_method"])
+    avg = dt.averaged_note(rows, ["cfg_scale", "pruning_rate", "pruning_method"])
     if avg:
         lines.append(avg)
     for cfg in sorted(rows["cfg_scale"].unique()):
         part = rows[np.isclose(rows["cfg_scale"], cfg)]
-        lines += ["", f"== CFG scale {st.fmt_num(cfg)} =="]
+        lines += ["", f"== CFG scale {lb.fmt_num(cfg)} =="]
         keys = ["pruning_rate"]
         cells = part.drop_duplicates([*keys, "seed"])
         per_rate = cells.groupby(keys)[["sparsity", "speedup", "param_ratio"]].mean()
         header = ["rate", "sparsity", "speed-up", "param ratio"]
         shown = [m for m in metrics if (part["metric"] == m).any()]
-        header += [f"{m} {'↑' if st.higher_is_better(part, m) else '↓'}" for m in shown]
-        stats = {m: st.seed_stats(part[part["metric"] == m], keys).set_index("pruning_rate") for m in shown}
+        header += [f"{m} {'↑' if lb.higher_is_better(part, m) else '↓'}" for m in shown]
+        stats = {m: dt.seed_stats(part[part["metric"] == m], keys).set_index("pruning_rate") for m in shown}
         table_rows = []
         for rate in sorted(part["pruning_rate"].unique()):
-            r = [st.fmt_num(rate) + (" (ref)" if rate == 0 else "")]
+            r = [lb.fmt_num(rate) + (" (ref)" if rate == 0 else "")]
             for col in ("sparsity", "speedup", "param_ratio"):
                 v = per_rate.loc[rate, col] if rate in per_rate.index else math.nan
                 r.append(f"{v:.3g}" if np.isfinite(v) else "-")
@@ -539,9 +541,9 @@ def summary_text(
         if prim is None or prim not in stats:
             continue
         s = stats[prim]
-        higher = st.higher_is_better(part, prim)
+        higher = lb.higher_is_better(part, prim)
         if 0.0 not in s.index:
-            lines.append(f"No reference row of {prim} at CFG {st.fmt_num(cfg)}: no budget or cliff computed.")
+            lines.append(f"No reference row of {prim} at CFG {lb.fmt_num(cfg)}: no budget or cliff computed.")
             continue
         lines += _budget_lines(s, prim, higher, budget, cliff)
     return "\n".join(lines) + "\n"
@@ -554,23 +556,23 @@ def _budget_lines(s: pd.DataFrame, prim: str, higher: bool, budget: float, cliff
 
     def at(rate: float) -> str:
         # the best rate and the cliff are reported alike: the rate, its value, the reference's, the loss
-        return (f"{st.fmt_num(rate)} ({prim} {float(s.loc[rate, 'mean']):.4g} vs reference {ref:.4g}, "
+        return (f"{lb.fmt_num(rate)} ({prim} {float(s.loc[rate, 'mean']):.4g} vs reference {ref:.4g}, "
                 f"loss {res.losses[rate]:+.1%})")
 
     lines = ["", "Loss of " + prim + " vs reference: " +
-             ", ".join(f"{st.fmt_num(r)}: {loss:+.1%}" for r, loss in res.losses.items())]
+             ", ".join(f"{lb.fmt_num(r)}: {loss:+.1%}" for r, loss in res.losses.items())]
     if res.best_rate is None:
         lines.append(f"Best rate within {budget:.0%}: none (every rate loses more than {budget:.0%}).")
     else:
         lines.append(f"Best rate within {budget:.0%}: {at(res.best_rate)}")
     if res.cliff_rate is None:
-        lines.append(f"Cliff (> {cliff:.0%} loss): none up to rate {st.fmt_num(max(res.losses, default=0))}.")
+        lines.append(f"Cliff (> {cliff:.0%} loss): none up to rate {lb.fmt_num(max(res.losses, default=0))}.")
     else:
         lines.append(f"Cliff (> {cliff:.0%} loss): {at(res.cliff_rate)}")
     return lines
 
 
-class PruningSummary(st.BenchmarkPlot):
+class PruningSummary(dt.BenchmarkPlot):
     """Text summary per pruning method: per-rate table, best rate within budget, cliff.
 
     Writes ``pruning/summary_<method>.txt``: per CFG scale, a table of mean ± s.d. (over
@@ -611,7 +613,7 @@ class PruningSummary(st.BenchmarkPlot):
         return paths
 
 
-class PruningJSON(st.BenchmarkPlot):
+class PruningJSON(dt.BenchmarkPlot):
     """JSON export of the raw rows per pruning method (records orient).
 
     Writes ``pruning/results_<method>.json``: every ok row of the method (all rates, CFG

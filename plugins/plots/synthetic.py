@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from plugins.plots import _data as dt
+from plugins.plots import _labels as lb
 from plugins.plots import _style as st
 from plugins.plots.pruning import _RATE_LABEL, curve_stats, pruning_groups
 
@@ -22,7 +24,7 @@ METRIC = "synthetic_quality"
 SYNTHETIC_LABEL = "SYNTHETIC (parametric curve + noise, not a measurement)"
 
 
-class SyntheticCurve(st.BenchmarkPlot):
+class SyntheticCurve(dt.BenchmarkPlot):
     """SYNTHETIC expected quality vs pruning rate per method (mean ± s.d. band over seeds).
 
     Writes ``synthetic/expected_pruning_curve.png`` from ``synthetic_quality`` rows (of
@@ -59,17 +61,17 @@ class SyntheticCurve(st.BenchmarkPlot):
                 ax.set_xlim(0, max(float(s["pruning_rate"].max()) for s in stats.values()))
                 ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
                 if len(cfgs) > 1:
-                    ax.set_title(f"CFG {st.fmt_num(cfg)}", fontsize=10)
+                    ax.set_title(f"CFG {lb.fmt_num(cfg)}", fontsize=10)
             handles, labels = axes[0].get_legend_handles_labels()
             fig.legend(handles, labels, loc="outside right center", title="method")
             fig.suptitle(f"{SYNTHETIC_LABEL}\nExpected relationship between pruning rate and quality",
                          color="firebrick", fontsize=14)
-            seeds = st.spread_note(pd.concat(stats.values())).replace("error bars / bands", "bands")
+            seeds = dt.spread_note(pd.concat(stats.values())).replace("error bars / bands", "bands")
             st.footnote(fig, [
                 "SYNTHETIC: values come from the `synthetic_quality` metric of the `synthetic` plugin, a parametric "
                 "curve of the cell's axes plus seeded Gaussian noise. Never report them as measurements.",
                 seeds,
-                st.averaged_note(g.rows(), ["cfg_scale", "pruning_rate", "pruning_method"]),
+                dt.averaged_note(g.rows(), ["cfg_scale", "pruning_rate", "pruning_method"]),
             ])
             path = st.save(fig, Path(out_dir) / "synthetic", "expected_pruning_curve.png")
         return [path]

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from plugins.plots import _data as dt
+from plugins.plots import _labels as lb
 from plugins.plots import _style as st
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,12 +47,12 @@ RADAR_EXTRAS = ("eps_agreement", "label_accuracy")
 
 
 def _students(df: pd.DataFrame) -> pd.DataFrame:
-    d = st.unpruned(st.ok_rows(df))
+    d = dt.unpruned(dt.ok_rows(df))
     return d[d["size_factor"].notna()] if "size_factor" in d else d.iloc[0:0]
 
 
 def _teacher(df: pd.DataFrame) -> pd.DataFrame:
-    d = st.unpruned(df)
+    d = dt.unpruned(df)
     return d[d["size_factor"].isna()]
 
 
@@ -64,24 +66,24 @@ def cfg_size_table(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """
     import pandas as pd
 
-    d = st.scalar_rows(_students(df))
+    d = dt.scalar_rows(_students(df))
     d = d[d["metric"] == metric]
     if not len(d):
         return pd.DataFrame()
-    stats = st.seed_stats(d, ["size_factor", "cfg_scale"])
+    stats = dt.seed_stats(d, ["size_factor", "cfg_scale"])
     table = stats.pivot(index="size_factor", columns="cfg_scale", values="mean")
     return table.sort_index().sort_index(axis=1)
 
 
-def normalised_tables(df: pd.DataFrame, metrics: tuple[str, ...] = st.TRAJECTORY_METRICS) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, str]]:
+def normalised_tables(df: pd.DataFrame, metrics: tuple[str, ...] = lb.TRAJECTORY_METRICS) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, str]]:
     """``metric -> (raw table, normalised table, note)`` for the metrics present."""
-    d = st.ok_rows(df)
+    d = dt.ok_rows(df)
     out = {}
     for m in metrics:
         raw = cfg_size_table(d, m)
         if raw.empty:
             continue
-        norm, note = st.normalise(m, raw, higher=st.higher_is_better(d, m))
+        norm, note = lb.normalise(m, raw, higher=lb.higher_is_better(d, m))
         out[m] = (raw, norm, note)
     return out
 
@@ -109,8 +111,8 @@ def _heatmap_figure(table: pd.DataFrame, title: str, cbar_label: str, notes: lis
         linewidths=0.5,
         linecolor="white",
         cbar_kws={"label": cbar_label, "shrink": 0.9},
-        xticklabels=[st.fmt_num(c) for c in shown.columns],
-        yticklabels=[st.fmt_num(s) for s in shown.index],
+        xticklabels=[lb.fmt_num(c) for c in shown.columns],
+        yticklabels=[lb.fmt_num(s) for s in shown.index],
     )
     ax.figure.axes[-1].yaxis.label.set_size(10)  # the colour bar's label
     ax.set_xlabel("CFG scale (1 = no guidance)")
@@ -121,7 +123,7 @@ def _heatmap_figure(table: pd.DataFrame, title: str, cbar_label: str, notes: lis
     return fig
 
 
-class TrajectoryHeatmaps(st.BenchmarkPlot):
+class TrajectoryHeatmaps(dt.BenchmarkPlot):
     """Size factor x CFG scale heatmaps of the trajectory metrics (normalised, 1 = teacher).
 
     Writes ``model_comparisons/cfg_heatmap_{path_length_similarity, trajectory_mse,
@@ -134,21 +136,21 @@ class TrajectoryHeatmaps(st.BenchmarkPlot):
     def draw_one(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
         import pandas as pd
 
-        d = st.ok_rows(df)
+        d = dt.ok_rows(df)
         tables = normalised_tables(d)
         if not tables:
             return []
         out = Path(out_dir) / MODEL_COMPARISONS
-        students = st.scalar_rows(_students(d))
-        seeds = st.seeds_phrase(st.seed_stats(students[students["metric"].isin(list(tables))],
+        students = dt.scalar_rows(_students(d))
+        seeds = dt.seeds_phrase(dt.seed_stats(students[students["metric"].isin(list(tables))],
                                               ["size_factor", "cfg_scale", "metric"]))
-        avg = st.averaged_note(students, ["size_factor", "cfg_scale"])
+        avg = dt.averaged_note(students, ["size_factor", "cfg_scale"])
         cbar = "normalised\n(1 = teacher)"
         paths = []
         with st.plot_style():
             for metric, (_raw, norm, note) in tables.items():
-                stem = st.SEED_FILE_NAMES.get(metric, metric)
-                title = st.label(metric)
+                stem = lb.SEED_FILE_NAMES.get(metric, metric)
+                title = lb.label(metric)
                 fig = _heatmap_figure(norm, f"{title[0].upper()}{title[1:]} vs teacher", cbar,
                                       [f"Normalised to [0, 1], 1 = teacher: {note}.", f"Cell: {seeds}.", avg])
                 paths.append(st.save(fig, out, f"cfg_heatmap_{stem}.png"))
@@ -177,21 +179,21 @@ def radar_table(df: pd.DataFrame, cfg_scale: float | None = None) -> tuple[pd.Da
     """
     import pandas as pd
 
-    d = st.ok_rows(df)
-    students = st.scalar_rows(_students(d))
+    d = dt.ok_rows(df)
+    students = dt.scalar_rows(_students(d))
     if cfg_scale is not None:
         students = students[np.isclose(students["cfg_scale"], float(cfg_scale))]
-    metrics = st.metrics_in(students, (*st.TRAJECTORY_METRICS, *RADAR_EXTRAS))
+    metrics = dt.metrics_in(students, (*lb.TRAJECTORY_METRICS, *RADAR_EXTRAS))
     cols, notes = {}, []
     for m in metrics:
         rows = students[students["metric"] == m]
-        per_size = st.seed_stats(rows, ["size_factor"]).set_index("size_factor")["mean"]
-        higher = st.higher_is_better(d, m)
+        per_size = dt.seed_stats(rows, ["size_factor"]).set_index("size_factor")["mean"]
+        higher = lb.higher_is_better(d, m)
         scale = None
         if not higher:
             table = cfg_size_table(students, m)
             scale = float(np.nanmax(table.to_numpy())) if table.size else None
-        norm, note = st.normalise(m, per_size, higher=higher, scale=scale)
+        norm, note = lb.normalise(m, per_size, higher=higher, scale=scale)
         cols[m] = norm
         notes.append(note)
     if not cols:
@@ -204,7 +206,7 @@ def _radar_axes(ax: Any, metrics: list[str], label_size: float = 9.0) -> np.ndar
     ax.set_theta_offset(np.pi / 2)
     ax.set_theta_direction(-1)
     ax.set_xticks(angles)
-    ax.set_xticklabels([st.short_label(m) for m in metrics], fontsize=label_size)
+    ax.set_xticklabels([lb.short_label(m) for m in metrics], fontsize=label_size)
     ax.tick_params(axis="x", pad=13)
     ax.set_ylim(0, 1)
     ax.set_yticks([0.25, 0.5, 0.75, 1.0])
@@ -221,7 +223,7 @@ def _radar_polygon(ax: Any, angles: np.ndarray, values: np.ndarray, color: Any, 
         ax.fill(a, v, color=color, alpha=fill)
 
 
-class TrajectoryRadar(st.BenchmarkPlot):
+class TrajectoryRadar(dt.BenchmarkPlot):
     """Radar plots of the normalised trajectory metrics per student size (1 = teacher).
 
     Writes ``model_comparisons/radar_plot_grid.png`` (one radar per size factor) and
@@ -247,13 +249,13 @@ class TrajectoryRadar(st.BenchmarkPlot):
         metrics = list(table.columns)
         sizes = list(table.index)
         colors = st.size_colors(sizes)
-        students = st.scalar_rows(_students(st.ok_rows(df)))
+        students = dt.scalar_rows(_students(dt.ok_rows(df)))
         if cfg is not None:
-            where, averaged = f"CFG scale {st.fmt_num(cfg)}", ""
+            where, averaged = f"CFG scale {lb.fmt_num(cfg)}", ""
         else:
             where = "mean over CFG scales"
-            averaged = " and over CFG scales " + ", ".join(st.fmt_num(c) for c in sorted(students["cfg_scale"].unique()))
-        seeds = st.seeds_phrase(st.seed_stats(students[students["metric"].isin(metrics)], ["size_factor", "metric"]))
+            averaged = " and over CFG scales " + ", ".join(lb.fmt_num(c) for c in sorted(students["cfg_scale"].unique()))
+        seeds = dt.seeds_phrase(dt.seed_stats(students[students["metric"].isin(metrics)], ["size_factor", "metric"]))
         notes_text = [
             "Normalised to [0, 1], 1 = teacher (outer ring): " + "; ".join(notes) + ".",
             f"Values: {seeds}{averaged}.",
@@ -273,9 +275,9 @@ class TrajectoryRadar(st.BenchmarkPlot):
                 bottom = height - head - r * cell_h - above - diam
                 ax = fig.add_axes((left / width, bottom / height, diam / width, diam / height), projection="polar")
                 angles = _radar_axes(ax, metrics, 8.5)
-                _radar_polygon(ax, angles, table.loc[s].to_numpy(dtype=float), colors[s], st.fmt_num(s))
+                _radar_polygon(ax, angles, table.loc[s].to_numpy(dtype=float), colors[s], lb.fmt_num(s))
                 tier = _tier(students, s)
-                ax.set_title(f"size {st.fmt_num(s)}" + (f" ({tier})" if tier else ""), pad=30, fontsize=12)
+                ax.set_title(f"size {lb.fmt_num(s)}" + (f" ({tier})" if tier else ""), pad=30, fontsize=12)
             fig.suptitle(f"Trajectory metrics vs teacher per student size ({where})", y=1 - 0.1 / height)
             st.footnote(fig, notes_text)
             paths.append(st.save(fig, out, "radar_plot_grid.png"))
@@ -286,7 +288,7 @@ class TrajectoryRadar(st.BenchmarkPlot):
             ax.tick_params(axis="x", pad=18)
             fill = 0.06 if len(sizes) <= 4 else 0.0  # stacked fills of many sizes turn opaque
             for s in sizes:
-                _radar_polygon(ax, angles, table.loc[s].to_numpy(dtype=float), colors[s], f"size {st.fmt_num(s)}",
+                _radar_polygon(ax, angles, table.loc[s].to_numpy(dtype=float), colors[s], f"size {lb.fmt_num(s)}",
                                fill=fill)
             ax.legend(title="student", loc="upper left", bbox_to_anchor=(1.15, 1.05))
             fig.suptitle(f"All student sizes vs teacher ({where})", y=0.98)
@@ -321,20 +323,20 @@ def _step_figure(
     stats_all = []
     for ax, m in zip(axes, metrics):
         rows_m = d[d["metric"] == m]
-        stats = st.seed_stats(rows_m, ["size_factor", "timestep"])
+        stats = dt.seed_stats(rows_m, ["size_factor", "timestep"])
         stats_all.append(stats)
         for s in sizes:
             part = stats[np.isclose(stats["size_factor"], s)].sort_values("timestep")
             if len(part):
                 st.errorbar(ax, part["timestep"], part["mean"], part["std"], band=True, color=colors[s],
-                            label=f"size {st.fmt_num(s)}")
+                            label=f"size {lb.fmt_num(s)}")
         teacher = stats[stats["size_factor"].isna()].sort_values("timestep")
         if include_teacher and len(teacher):
             st.errorbar(ax, teacher["timestep"], teacher["mean"], teacher["std"], band=True,
                         color=st.TEACHER_COLOR, linestyle="--", label="teacher")
-        ax.set_title(st.label(m[:-2] if m.endswith("_t") else m))
+        ax.set_title(lb.label(m[:-2] if m.endswith("_t") else m))
         ax.set_xlabel("timestep t (sampling runs left → right, noise → data)")
-        ax.set_ylabel(st.label(m[:-2] if m.endswith("_t") else m))
+        ax.set_ylabel(lb.label(m[:-2] if m.endswith("_t") else m))
         if len(stats):
             ax.set_xlim(stats["timestep"].max(), stats["timestep"].min())
     handles, labels = axes[0].get_legend_handles_labels()
@@ -342,11 +344,11 @@ def _step_figure(
     fig.suptitle(title)
     import pandas as pd
 
-    st.footnote(fig, [st.spread_note(pd.concat(stats_all), "bands"), *extra_notes])
+    st.footnote(fig, [dt.spread_note(pd.concat(stats_all), "bands"), *extra_notes])
     return fig
 
 
-class TimeDependent(st.BenchmarkPlot):
+class TimeDependent(dt.BenchmarkPlot):
     """How the trajectory metrics evolve over the sampling steps, per student size.
 
     Writes ``time_dependent/trajectory_metrics_vs_timestep_cfg<scale>.png``: one figure
@@ -356,8 +358,8 @@ class TimeDependent(st.BenchmarkPlot):
     name = "time_dependent"
 
     def draw_one(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
-        d = st.unpruned(st.ok_rows(df))
-        metrics = st.metrics_in(d, [m + "_t" for m in st.TRAJECTORY_METRICS])
+        d = dt.unpruned(dt.ok_rows(df))
+        metrics = dt.metrics_in(d, [m + "_t" for m in lb.TRAJECTORY_METRICS])
         d = d[d["metric"].isin(metrics) & d["timestep"].notna() & d["size_factor"].notna()]
         if not metrics or not len(d):
             return []
@@ -366,13 +368,13 @@ class TimeDependent(st.BenchmarkPlot):
         with st.plot_style():
             for cfg in sorted(d["cfg_scale"].unique()):
                 part = d[np.isclose(d["cfg_scale"], cfg)]
-                fig = _step_figure(part, metrics, f"Trajectory metrics per step vs teacher (CFG {st.fmt_num(cfg)})",
-                                   False, [st.averaged_note(part, ["size_factor", "cfg_scale"])])
-                paths.append(st.save(fig, out, f"trajectory_metrics_vs_timestep_cfg{st.fmt_num(cfg)}.png"))
+                fig = _step_figure(part, metrics, f"Trajectory metrics per step vs teacher (CFG {lb.fmt_num(cfg)})",
+                                   False, [dt.averaged_note(part, ["size_factor", "cfg_scale"])])
+                paths.append(st.save(fig, out, f"trajectory_metrics_vs_timestep_cfg{lb.fmt_num(cfg)}.png"))
         return paths
 
 
-class NoisePredictionPlot(st.BenchmarkPlot):
+class NoisePredictionPlot(dt.BenchmarkPlot):
     """Noise-prediction error and agreement with the teacher per timestep and size.
 
     Writes ``noise_prediction/noise_prediction_vs_timestep.png`` (``noise_prediction_mse_t``
@@ -384,9 +386,9 @@ class NoisePredictionPlot(st.BenchmarkPlot):
     name = "noise_prediction"
 
     def draw_one(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
-        d = st.unpruned(st.ok_rows(df))
-        step_metrics = st.metrics_in(d, ["noise_prediction_mse_t", "eps_agreement_t"])
-        overall = st.metrics_in(st.scalar_rows(d), ["noise_prediction_mse", "eps_agreement"])
+        d = dt.unpruned(dt.ok_rows(df))
+        step_metrics = dt.metrics_in(d, ["noise_prediction_mse_t", "eps_agreement_t"])
+        overall = dt.metrics_in(dt.scalar_rows(d), ["noise_prediction_mse", "eps_agreement"])
         if not step_metrics and not overall:
             return []
         out = Path(out_dir) / "noise_prediction"
@@ -396,17 +398,17 @@ class NoisePredictionPlot(st.BenchmarkPlot):
             if step_metrics:
                 part = d[d["metric"].isin(step_metrics) & d["timestep"].notna()]
                 fig = _step_figure(part, step_metrics, "Noise prediction per timestep", True,
-                                   [note, st.averaged_note(part, ["size_factor", "cfg_scale"])])
+                                   [note, dt.averaged_note(part, ["size_factor", "cfg_scale"])])
                 paths.append(st.save(fig, out, "noise_prediction_vs_timestep.png"))
             if overall:
-                fig = _vs_size_figure(st.scalar_rows(d), overall, "Noise prediction vs student size",
+                fig = _vs_size_figure(dt.scalar_rows(d), overall, "Noise prediction vs student size",
                                       "size_factor", by_cfg=False, notes=[note])
                 if fig is not None:
                     paths.append(st.save(fig, out, "noise_prediction_vs_size.png"))
         return paths
 
 
-class DimensionalityPlot(st.BenchmarkPlot):
+class DimensionalityPlot(dt.BenchmarkPlot):
     """Dimensionality of the sampling states per timestep, and of the samples vs size.
 
     Writes ``dimensionality/dimensionality_vs_timestep_cfg<scale>.png``
@@ -418,9 +420,9 @@ class DimensionalityPlot(st.BenchmarkPlot):
     name = "dimensionality"
 
     def draw_one(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
-        d = st.unpruned(st.ok_rows(df))
-        step_metrics = st.metrics_in(d, ["effective_dim_95_t", "participation_ratio_t"])
-        overall = st.metrics_in(st.scalar_rows(d), ["effective_dim_95", "participation_ratio"])
+        d = dt.unpruned(dt.ok_rows(df))
+        step_metrics = dt.metrics_in(d, ["effective_dim_95_t", "participation_ratio_t"])
+        overall = dt.metrics_in(dt.scalar_rows(d), ["effective_dim_95", "participation_ratio"])
         if not step_metrics and not overall:
             return []
         out = Path(out_dir) / "dimensionality"
@@ -431,11 +433,11 @@ class DimensionalityPlot(st.BenchmarkPlot):
                 part = d[d["metric"].isin(step_metrics) & d["timestep"].notna()]
                 for cfg in sorted(part["cfg_scale"].unique()):
                     p = part[np.isclose(part["cfg_scale"], cfg)]
-                    fig = _step_figure(p, step_metrics, f"Dimensionality of x_t per step (CFG {st.fmt_num(cfg)})", True,
-                                       [desc, st.averaged_note(p, ["size_factor", "cfg_scale"])])
-                    paths.append(st.save(fig, out, f"dimensionality_vs_timestep_cfg{st.fmt_num(cfg)}.png"))
+                    fig = _step_figure(p, step_metrics, f"Dimensionality of x_t per step (CFG {lb.fmt_num(cfg)})", True,
+                                       [desc, dt.averaged_note(p, ["size_factor", "cfg_scale"])])
+                    paths.append(st.save(fig, out, f"dimensionality_vs_timestep_cfg{lb.fmt_num(cfg)}.png"))
             if overall:
-                fig = _vs_size_figure(st.scalar_rows(d), overall, "Dimensionality of the final samples vs size",
+                fig = _vs_size_figure(dt.scalar_rows(d), overall, "Dimensionality of the final samples vs size",
                                       "size_factor", notes=[desc])
                 if fig is not None:
                     paths.append(st.save(fig, out, "dimensionality_vs_size.png"))
@@ -491,24 +493,24 @@ def _vs_size_figure(
                 tpart = tpart[np.isclose(tpart["cfg_scale"], cfg)]
             if not len(part):
                 continue
-            stats = st.seed_stats(part, ["size_factor"])
+            stats = dt.seed_stats(part, ["size_factor"])
             if x == "param_ratio":
-                xs = st.column_mean(part, ["size_factor"], "param_ratio").set_index("size_factor")["param_ratio"]
+                xs = dt.column_mean(part, ["size_factor"], "param_ratio").set_index("size_factor")["param_ratio"]
                 stats["x"] = stats["size_factor"].map(xs)
             else:
                 stats["x"] = stats["size_factor"]
             stats = stats.sort_values("x")
             all_stats.append(stats)
-            name = "students" if cfg is None else f"CFG {st.fmt_num(cfg)}"
+            name = "students" if cfg is None else f"CFG {lb.fmt_num(cfg)}"
             st.errorbar(ax, stats["x"], stats["mean"], stats["std"], color=colors[cfg], label=name)
             if len(tpart):
                 tv = tpart.groupby("seed")["value"].mean().mean()
                 ax.axhline(tv, color=colors[cfg] if cfg is not None else st.TEACHER_COLOR, linestyle="--",
                            linewidth=1.3, alpha=0.9)
         if len(metrics) > 1:
-            ax.set_title(st.label(m))
+            ax.set_title(lb.label(m))
         ax.set_xlabel(_X_LABELS[x] if len(metrics) == 1 else x.replace("_", " "))
-        ax.set_ylabel(st.label(m))
+        ax.set_ylabel(lb.label(m))
         if log_x:
             ax.set_xscale("log")
             lo, hi = xs_all.min(), xs_all.max()
@@ -531,16 +533,16 @@ def _vs_size_figure(
     else:
         fig.legend(handles, labels, loc="outside right center")
     fig.suptitle(title)
-    lines = [st.spread_note(pd.concat(all_stats)) if all_stats else ""]
+    lines = [dt.spread_note(pd.concat(all_stats)) if all_stats else ""]
     if len(metrics) > 1:
         lines.append(f"x axis: {_X_LABELS[x].replace(chr(10), ' ')}.")
     lines.extend(notes or [])
-    lines.append(st.averaged_note(d, ["size_factor", "cfg_scale"] if by_cfg else ["size_factor"]))
+    lines.append(dt.averaged_note(d, ["size_factor", "cfg_scale"] if by_cfg else ["size_factor"]))
     st.footnote(fig, lines)
     return fig
 
 
-class FIDvsSize(st.BenchmarkPlot):
+class FIDvsSize(dt.BenchmarkPlot):
     """FID (fid_digits and/or fid) vs student size factor, a line per CFG scale.
 
     Writes ``fid/fid_digits_vs_size.png`` and/or ``fid/fid_vs_size.png``; the teacher's
@@ -550,19 +552,19 @@ class FIDvsSize(st.BenchmarkPlot):
     name = "fid_vs_size"
 
     def draw_one(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
-        d = st.scalar_rows(st.unpruned(st.ok_rows(df)))
+        d = dt.scalar_rows(dt.unpruned(dt.ok_rows(df)))
         if not len(d) or not d["size_factor"].notna().any():
             return []
         paths = []
         with st.plot_style():
-            for m in st.metrics_in(d, ["fid_digits", "fid"]):
-                fig = _vs_size_figure(d, [m], f"{st.label(m)} vs student size (lower is better)", "size_factor")
+            for m in dt.metrics_in(d, ["fid_digits", "fid"]):
+                fig = _vs_size_figure(d, [m], f"{lb.label(m)} vs student size (lower is better)", "size_factor")
                 if fig is not None:
                     paths.append(st.save(fig, Path(out_dir) / "fid", f"{m}_vs_size.png"))
         return paths
 
 
-class SizeDependent(st.BenchmarkPlot):
+class SizeDependent(dt.BenchmarkPlot):
     """Every scalar metric vs student size factor and vs measured parameter ratio.
 
     Writes ``size_dependent/metrics_vs_size_factor.png`` and
@@ -573,12 +575,12 @@ class SizeDependent(st.BenchmarkPlot):
     name = "size_dependent"
 
     def draw_one(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
-        d = st.scalar_rows(st.unpruned(st.ok_rows(df)))
+        d = dt.scalar_rows(dt.unpruned(dt.ok_rows(df)))
         if not len(d) or not d["size_factor"].notna().any():
             return []
         students = d[d["size_factor"].notna()]
         metrics = sorted(students["metric"].unique(), key=_metric_order)
-        arrows = {m: st.direction_mark(d, m) for m in metrics}
+        arrows = {m: lb.direction_mark(d, m) for m in metrics}
         paths = []
         with st.plot_style():
             for x in ("size_factor", "param_ratio"):
@@ -587,12 +589,12 @@ class SizeDependent(st.BenchmarkPlot):
                 if fig is None:
                     continue
                 for ax, m in zip(fig.axes, metrics):
-                    ax.set_title(f"{st.label(m)} {arrows[m]}", fontsize=10)
+                    ax.set_title(f"{lb.label(m)} {arrows[m]}", fontsize=10)
                 paths.append(st.save(fig, Path(out_dir) / "size_dependent", f"metrics_vs_{x}.png"))
         return paths
 
 
-_ORDER = (*st.TRAJECTORY_METRICS, "noise_prediction_mse", "eps_agreement", "fid_digits", "fid", "label_accuracy",
+_ORDER = (*lb.TRAJECTORY_METRICS, "noise_prediction_mse", "eps_agreement", "fid_digits", "fid", "label_accuracy",
           "clip_score", "feature_distance", "lpips", "effective_dim_95", "participation_ratio", "generation_time",
           "peak_memory_mb")
 

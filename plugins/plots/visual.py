@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness import COLUMNS, decode_blob
+from plugins.plots import _data as dt
+from plugins.plots import _labels as lb
 from plugins.plots import _style as st
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,11 +77,11 @@ def _variant_of(row: Any, options: list[str]) -> Variant:
     if size is None and method == "none":
         parts, slugs = ["teacher"], ["teacher"]
     if size is not None:
-        parts.append(f"student {st.fmt_num(size)}")
-        slugs.append(f"size{st.fmt_num(size)}")
+        parts.append(f"student {lb.fmt_num(size)}")
+        slugs.append(f"size{lb.fmt_num(size)}")
     if method != "none":
-        parts.append(f"{method} rate {st.fmt_num(rate)}")
-        slugs.append(f"{method}_rate{st.fmt_num(rate)}")
+        parts.append(f"{method} rate {lb.fmt_num(rate)}")
+        slugs.append(f"{method}_rate{lb.fmt_num(rate)}")
     extra = [(c, row.get(c)) for c in options if row.get(c) is not None and row.get(c) == row.get(c)]
     for c, v in extra:
         short = c.rsplit(".", 1)[-1]
@@ -141,7 +143,7 @@ def _seed_note(rows: dict[Any, Any]) -> str:
 
 
 def _title_setting(cfg: float, suffix: str) -> str:
-    return f"CFG {st.fmt_num(cfg)}" + (f", {suffix[1:]}" if suffix else "")
+    return f"CFG {lb.fmt_num(cfg)}" + (f", {suffix[1:]}" if suffix else "")
 
 
 def _image(arr: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -151,15 +153,6 @@ def _image(arr: np.ndarray) -> tuple[np.ndarray, str | None]:
     if arr.shape[0] >= 3:
         return np.moveaxis(arr[:3], 0, -1), None
     return arr.mean(axis=0), "gray"
-
-
-def _bare(ax: Any) -> None:
-    """An image panel: no grid, ticks or spines (labels may still be set)."""
-    ax.grid(False)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
 
 
 def _mosaic(images: np.ndarray, cols: int, pad: int = 1, fill: float = 0.45) -> np.ndarray:
@@ -182,7 +175,7 @@ def _label_lookup(df: pd.DataFrame) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------ samples
 
 
-class SampleGrids(st.BenchmarkPlot):
+class SampleGrids(dt.BenchmarkPlot):
     """Sample grids per variant and CFG scale, from the ``sample_grid`` metric.
 
     Writes ``samples/samples_<variant>_cfg<scale>.png`` (the stored samples, 8 per row,
@@ -211,10 +204,10 @@ class SampleGrids(st.BenchmarkPlot):
                     images = decode_blob(row["blob"]).astype(np.float32) / 255.0
                     fig = _grid_figure(images, texts.get(str(row["cell_id"])),
                                        f"Samples: {v.label} ({_title_setting(cfg, suffix)}, seed {int(row['seed'])})")
-                    paths.append(st.save(fig, out, f"samples_{v.slug}_cfg{st.fmt_num(cfg)}{suffix}.png"))
+                    paths.append(st.save(fig, out, f"samples_{v.slug}_cfg{lb.fmt_num(cfg)}{suffix}.png"))
                 if len(shown) > 1:
                     fig = self._comparison(shown, texts, cfg, suffix)
-                    paths.append(st.save(fig, out, f"comparison_cfg{st.fmt_num(cfg)}{suffix}.png"))
+                    paths.append(st.save(fig, out, f"comparison_cfg{lb.fmt_num(cfg)}{suffix}.png"))
         return paths
 
     def _comparison(self, shown: list[tuple[Variant, Any]], texts: dict[str, np.ndarray], cfg: float,
@@ -235,7 +228,7 @@ class SampleGrids(st.BenchmarkPlot):
                 ax = fig.add_subplot(gs[r, c])
                 img, cmap = _image(images[c])
                 ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-                _bare(ax)
+                st.bare(ax)
                 if c == 0:
                     ax.set_ylabel(v.label, rotation=0, ha="right", va="center", fontsize=9)
                 if r == 0 and labels is not None and c < len(labels) and len(str(labels[c])) <= 3:
@@ -263,7 +256,7 @@ def _grid_figure(images: np.ndarray, texts: np.ndarray | None, title: str) -> An
     fig = st.new_figure(6.2, 6.6 + 0.17 * len(st.wrap_lines(notes, 6.2)))
     ax = fig.add_subplot()
     ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-    _bare(ax)
+    st.bare(ax)
     if short:
         for i in range(n):
             r, k = divmod(i, cols)
@@ -277,7 +270,7 @@ def _grid_figure(images: np.ndarray, texts: np.ndarray | None, title: str) -> An
 # ------------------------------------------------------------------------------ denoising
 
 
-class DenoisingPlot(st.BenchmarkPlot):
+class DenoisingPlot(dt.BenchmarkPlot):
     """Denoising strips: x_t over the sampler steps, a row per variant, from ``denoising_strip``.
 
     Writes ``denoising/denoising_cfg<scale>.png``: columns are evenly spaced sampler
@@ -317,14 +310,14 @@ class DenoisingPlot(st.BenchmarkPlot):
                         ax = fig.add_subplot(gs[r, c])
                         img, cmap = _image(strip[c])
                         ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-                        _bare(ax)
+                        st.bare(ax)
                         if r == 0:
                             ax.set_title(f"$x_{{{int(row['steps']) - idx[c]}}}$", fontsize=11, fontweight="normal")
                         if c == 0:
                             ax.set_ylabel(v.label, rotation=0, ha="right", va="center", fontsize=9)
                 fig.suptitle(f"Denoising trajectories ({_title_setting(cfg, suffix)})")
                 st.footnote(fig, notes)
-                paths.append(st.save(fig, out, f"denoising_cfg{st.fmt_num(cfg)}{suffix}.png"))
+                paths.append(st.save(fig, out, f"denoising_cfg{lb.fmt_num(cfg)}{suffix}.png"))
         return paths
 
 
@@ -361,7 +354,7 @@ def _variant_colors(shown: list[Variant]) -> dict[tuple[Any, ...], Any]:
     return colors
 
 
-class LatentSpacePlot(st.BenchmarkPlot):
+class LatentSpacePlot(dt.BenchmarkPlot):
     """Final samples in the teacher's 2-D PCA plane, coloured by size, from ``latent_pca``.
 
     Writes ``latent_space/latent_pca_cfg<scale>.png``: a panel with every variant, then
@@ -428,7 +421,7 @@ class LatentSpacePlot(st.BenchmarkPlot):
                     h.set_alpha(1.0)
                 fig.suptitle(f"Final samples in the teacher's PCA plane ({_title_setting(cfg, suffix)})")
                 st.footnote(fig, notes)
-                paths.append(st.save(fig, out, f"latent_pca_cfg{st.fmt_num(cfg)}{suffix}.png"))
+                paths.append(st.save(fig, out, f"latent_pca_cfg{lb.fmt_num(cfg)}{suffix}.png"))
         return paths
 
 
@@ -472,7 +465,7 @@ def _colorbar(fig: Any, gs: Any, im: Any) -> None:
     fig.colorbar(im, cax=fig.add_subplot(gs[lo:hi, -1]), label="attention × keys\n(1 = uniform)")
 
 
-class AttentionPlot(st.BenchmarkPlot):
+class AttentionPlot(dt.BenchmarkPlot):
     """Self-attention maps of the teacher and its students, from ``attention_maps``.
 
     Writes ``attention/attention_cfg<scale>.png`` (a row per variant, a column per
@@ -505,11 +498,11 @@ class AttentionPlot(st.BenchmarkPlot):
                 seed_rows = {k: next(iter(cells[k].values())) for k in shown}
                 timesteps = sorted({t for k in shown for t in cells[k]}, reverse=True)
                 fig = self._by_timestep([names[k] for k in shown], cells, timesteps, cfg, suffix, seed_rows)
-                paths.append(st.save(fig, out, f"attention_cfg{st.fmt_num(cfg)}{suffix}.png"))
+                paths.append(st.save(fig, out, f"attention_cfg{lb.fmt_num(cfg)}{suffix}.png"))
                 mid = timesteps[len(timesteps) // 2]
                 fig = self._by_head([names[k] for k in shown], cells, mid, cfg, suffix, seed_rows)
                 if fig is not None:
-                    paths.append(st.save(fig, out, f"attention_heads_cfg{st.fmt_num(cfg)}{suffix}.png"))
+                    paths.append(st.save(fig, out, f"attention_heads_cfg{lb.fmt_num(cfg)}{suffix}.png"))
         return paths
 
     @staticmethod
@@ -517,7 +510,7 @@ class AttentionPlot(st.BenchmarkPlot):
         im = ax.imshow(amap, cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest")
         # the query, in query-grid coordinates scaled to the key grid
         ax.scatter([centre[1]], [centre[0]], marker="+", s=80, color="#4dd0e1", linewidths=1.8)
-        _bare(ax)
+        st.bare(ax)
         return im
 
     def _by_timestep(self, shown: list[Variant], cells: dict[Any, dict[float, Any]], timesteps: list[float],
