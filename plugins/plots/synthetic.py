@@ -15,7 +15,7 @@ import numpy as np
 from plugins.plots import _data as dt
 from plugins.plots import _labels as lb
 from plugins.plots import _style as st
-from plugins.plots.pruning import _RATE_LABEL, curve_stats, pruning_groups
+from plugins.plots.pruning import RATE_LABEL, curve_stats, pruning_groups
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -56,7 +56,7 @@ class SyntheticCurve(dt.BenchmarkPlot):
                                 markersize=6, **styles[m])
                 ax.text(0.5, 0.5, "SYNTHETIC", transform=ax.transAxes, ha="center", va="center", rotation=25,
                         fontsize=44, color="firebrick", alpha=0.09, fontweight="bold", zorder=0)
-                ax.set_xlabel(_RATE_LABEL)
+                ax.set_xlabel(RATE_LABEL)
                 ax.set_ylabel("expected quality (synthetic units)")
                 ax.set_xlim(0, max(float(s["pruning_rate"].max()) for s in stats.values()))
                 ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
