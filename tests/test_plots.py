@@ -23,31 +23,36 @@ from harness.store import load_results, rows_to_table
 from plugins.plots import _data as dt
 from plugins.plots import _labels as lb
 from plugins.plots import bench_register_plots
-from plugins.plots.pruning import (
-    PruningCurves,
+from plugins.plots.pruning import PruningCurves, pruning_groups
+from plugins.plots.pruning_exports import (
     PruningJSON,
-    PruningPareto,
     PruningSummary,
     budget_and_cliff,
-    pareto_front,
-    pruning_groups,
     quality_loss,
     summary_text,
 )
+from plugins.plots.pruning_pareto import PruningPareto, pareto_front
 from plugins.plots.synthetic import SyntheticCurve
 from plugins.plots.trajectory import (
-    DimensionalityPlot,
-    FIDvsSize,
-    NoisePredictionPlot,
-    SizeDependent,
-    TimeDependent,
     TrajectoryHeatmaps,
     TrajectoryRadar,
     cfg_size_table,
     normalised_tables,
     radar_table,
 )
-from plugins.plots.visual import AttentionPlot, DenoisingPlot, LatentSpacePlot, SampleGrids
+from plugins.plots.trajectory_curves import (
+    DimensionalityPlot,
+    FIDvsSize,
+    NoisePredictionPlot,
+    SizeDependent,
+    TimeDependent,
+)
+from plugins.plots.visual import (
+    AttentionPlot,
+    DenoisingPlot,
+    LatentSpacePlot,
+    SampleGrids,
+)
 
 SIZES = (0.1, 0.5, 1.0)
 CFGS = (1.0, 3.0, 7.5)

@@ -8,20 +8,28 @@ from harness import hookimpl
 @hookimpl
 def bench_register_plots(register):  # noqa: ANN001, ANN201 - signature fixed by the hook spec
     """Register the built-in plots; modules are imported here, not at import time."""
-    from plugins.plots import pruning, synthetic, trajectory, visual
+    from plugins.plots import (
+        pruning,
+        pruning_exports,
+        pruning_pareto,
+        synthetic,
+        trajectory,
+        trajectory_curves,
+        visual,
+    )
 
     for cls in (
         trajectory.TrajectoryHeatmaps,
         trajectory.TrajectoryRadar,
-        trajectory.TimeDependent,
-        trajectory.NoisePredictionPlot,
-        trajectory.DimensionalityPlot,
-        trajectory.FIDvsSize,
-        trajectory.SizeDependent,
+        trajectory_curves.TimeDependent,
+        trajectory_curves.NoisePredictionPlot,
+        trajectory_curves.DimensionalityPlot,
+        trajectory_curves.FIDvsSize,
+        trajectory_curves.SizeDependent,
         pruning.PruningCurves,
-        pruning.PruningPareto,
-        pruning.PruningSummary,
-        pruning.PruningJSON,
+        pruning_pareto.PruningPareto,
+        pruning_exports.PruningSummary,
+        pruning_exports.PruningJSON,
         synthetic.SyntheticCurve,
         visual.SampleGrids,
         visual.DenoisingPlot,
