@@ -23,6 +23,8 @@ from harness.store import load_results, rows_to_table
 from plugins.plots import _data as dt
 from plugins.plots import _labels as lb
 from plugins.plots import bench_register_plots
+from plugins.plots.attention import AttentionPlot
+from plugins.plots.latent_space import LatentSpacePlot
 from plugins.plots.pruning import PruningCurves, pruning_groups
 from plugins.plots.pruning_exports import (
     PruningJSON,
@@ -47,12 +49,7 @@ from plugins.plots.trajectory_curves import (
     SizeDependent,
     TimeDependent,
 )
-from plugins.plots.visual import (
-    AttentionPlot,
-    DenoisingPlot,
-    LatentSpacePlot,
-    SampleGrids,
-)
+from plugins.plots.visual import DenoisingPlot, SampleGrids
 
 SIZES = (0.1, 0.5, 1.0)
 CFGS = (1.0, 3.0, 7.5)

@@ -27,7 +27,9 @@ from harness.store import ResultStore, add_reference, load_results
 from harness.tables import export, format_table, summarize
 from harness.testing import metric_context, tiny_dataset
 from plugins.metrics.visual import AttentionMaps, DenoisingStrip, LatentPCA, SampleGrid, kept_states, pca_basis
-from plugins.plots.visual import AttentionPlot, DenoisingPlot, LatentSpacePlot, SampleGrids, centre_query_map
+from plugins.plots.attention import AttentionPlot, centre_query_map
+from plugins.plots.latent_space import LatentSpacePlot
+from plugins.plots.visual import DenoisingPlot, SampleGrids
 
 # ----------------------------------------------------------------------------- store
 

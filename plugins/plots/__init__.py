@@ -9,6 +9,8 @@ from harness import hookimpl
 def bench_register_plots(register):  # noqa: ANN001, ANN201 - signature fixed by the hook spec
     """Register the built-in plots; modules are imported here, not at import time."""
     from plugins.plots import (
+        attention,
+        latent_space,
         pruning,
         pruning_exports,
         pruning_pareto,
@@ -33,7 +35,7 @@ def bench_register_plots(register):  # noqa: ANN001, ANN201 - signature fixed by
         synthetic.SyntheticCurve,
         visual.SampleGrids,
         visual.DenoisingPlot,
-        visual.LatentSpacePlot,
-        visual.AttentionPlot,
+        latent_space.LatentSpacePlot,
+        attention.AttentionPlot,
     ):
         register(cls)
