@@ -55,8 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_matrix_args(p)
     p.add_argument("--cells", action="store_true", help="list every cell")
 
-    p = sub.add_parser("list", help="list plugins of one kind (or all) with their options")
+    p = sub.add_parser("list", help="list plugins of one kind (or all) with their options; KIND NAME: one in full")
     p.add_argument("kind", nargs="?", default=None, help="datasets, models, pruners, metrics, executors or plots")
+    p.add_argument("name", nargs="?", default=None, help="one plugin: its docstring, options with help, source")
+
+    p = sub.add_parser("new", help="write a new third-party plugin package (pyproject, module, contract tests)")
+    p.add_argument("kind", help="pruner, metric, plot or dataset")
+    p.add_argument("name", help="the plugin's name, a Python identifier such as 'taylor'")
+    p.add_argument("--dir", default=".", help="folder to create diffbench-NAME/ in (default: the current folder)")
 
     sub.add_parser("plugins", help="list loaded plugin packages and what they register")
 
@@ -165,23 +171,56 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     registry = build_registry()
     console = Console()
-    for kind in _kind(args.kind):
+    kinds = _kind(args.kind)
+    if args.name is not None:
+        registry.get(kinds[0], args.name, f"bench list {args.kind} {args.name}")  # unknown: did you mean
+        print(plugin_details(registry.info(kinds[0], args.name)))  # plain: a docstring keeps its own lines
+        kinds = []
+    for kind in kinds:
         table = Table(title=kind, show_lines=False, title_justify="left")
         table.add_column("name", style="bold")
         table.add_column("description")
         table.add_column("options (default)")
         for name in registry.names(kind):
             cls = registry.get(kind, name)
-            opts = "\n".join(f"{n}: {t} = {d!r}" for n, t, d, _h in option_fields(getattr(cls, "Options", None)))
-            extra = ""
-            if kind == "metrics":
-                extra = f" [{'higher' if cls.higher_is_better else 'lower'} is better; needs {', '.join(sorted(cls.requires))}]"
+            opts = "\n".join(_option_line(*f) for f in option_fields(getattr(cls, "Options", None)))
             # escaped: "list[str]" or "[lower is better]" are not rich markup
-            table.add_row(escape(name), escape(cls.describe() + extra), escape(opts or "-"))
+            table.add_row(escape(name), escape(cls.describe() + _metric_note(cls)), escape(opts or "-"))
         console.print(table)
     for err in registry.load_errors:
         console.print(f"[yellow]warning:[/] {escape(err)}", highlight=False)
     return 0
+
+
+def _option_line(name: str, typ: str, default: Any, help_text: str) -> str:
+    return f"{name}: {typ} = {default!r}" + (f"\n  {help_text}" if help_text else "")
+
+
+def _metric_note(cls: type) -> str:
+    if not hasattr(cls, "higher_is_better"):
+        return ""
+    return f" [{'higher' if cls.higher_is_better else 'lower'} is better; needs {', '.join(sorted(cls.requires))}]"
+
+
+def plugin_details(info: Any) -> str:
+    """``bench list KIND NAME``: the plugin's full docstring, its options and where it comes from."""
+    import inspect
+
+    cls = info.cls
+    lines = [f"{info.name} ({info.kind})", ""]
+    lines += (inspect.cleandoc(cls.__doc__ or "") or "(no docstring)").splitlines()
+    if _metric_note(cls):
+        lines += ["", _metric_note(cls).strip(" []")]
+    fields = option_fields(getattr(cls, "Options", None))
+    lines += ["", "options:" if fields else "options: (none)"]
+    for name, typ, default, help_text in fields:
+        lines.append(f"  {name}: {typ} = {default!r}")
+        if help_text:
+            lines.append(f"      {help_text}")
+    lines += ["", f"class: {cls.__module__}.{cls.__qualname__}",
+              f"distribution: {info.distribution} {info.version}".rstrip(" -"),
+              f"entry point: {info.plugin or '-'}"]
+    return "\n".join(lines)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -332,6 +371,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new(args: argparse.Namespace) -> int:
+    from harness.scaffold import new_package
+
+    folder = new_package(args.kind, args.name, Path(args.dir))
+    print(f"wrote {folder}: pip install -e {folder}, then python -m pytest {folder / 'tests'}")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "plan": cmd_plan,
@@ -341,6 +388,7 @@ COMMANDS = {
     "plot": cmd_plot,
     "train": cmd_train,
     "report": cmd_report,
+    "new": cmd_new,
 }
 
 if __name__ == "__main__":  # pragma: no cover

@@ -93,6 +93,52 @@ def test_list_unknown_kind(capsys):
     assert "Traceback" not in err and out == ""
 
 
+def test_list_shows_option_help_under_each_option(capsys):
+    # dataclass field(metadata={"help": ...}) and pydantic Field(description=...)
+    code, out, err = bench(capsys, "list", "plots")
+    assert code == 0, err
+    assert re.search(r"│ budget: float = 0\.1 +│\n.*│   allowed relative loss vs the reference +│", out)
+    code, out, err = bench(capsys, "list", "executors")
+    assert code == 0, err
+    assert re.search(r"│ num_cpus: float = 1\.0 +│\n.*│   CPUs each task \(work unit\) requests +│", out)
+
+
+def test_list_one_plugin_in_full(capsys):
+    import inspect
+
+    from plugins.pruning.magnitude import MagnitudePruner
+
+    code, out, err = bench(capsys, "list", "pruners", "magnitude")
+    assert code == 0, err
+    assert out.startswith("magnitude (pruners)\n\n")
+    assert inspect.cleandoc(MagnitudePruner.__doc__) in out  # the whole docstring, not its first line
+    assert ("options:\n  protect: list[str] = ['time_embed', 'class_embed', 'out_conv']\n"
+            "      module-name substrings never pruned (embeddings, output conv by default)\n") in out
+    assert "class: plugins.pruning.magnitude.MagnitudePruner\n" in out
+    assert f"distribution: diffbench {harness.__version__}\nentry point: pruning\n" in out
+    assert "│" not in out  # no table
+
+
+def test_list_one_plugin_pydantic_options_and_metric_direction(capsys):
+    code, out, err = bench(capsys, "list", "executor", "ray")
+    assert code == 0, err
+    assert "  num_cpus: float = 1.0\n      CPUs each task (work unit) requests\n" in out
+    code, out, err = bench(capsys, "list", "metrics", "generation_time")
+    assert code == 0, err
+    assert "\nlower is better; needs samples\n" in out
+    assert "options: (none)" in out
+
+
+def test_list_unknown_plugin_name(capsys):
+    code, out, err = bench(capsys, "list", "pruners", "magnitde")
+    assert code == 2 and out == ""
+    assert err == ("error: bench list pruners magnitde: unknown pruner 'magnitde' (did you mean 'magnitude'?); "
+                   "valid: 'attention_heads', 'iterative', 'magnitude', 'random', 'structured'\n")
+    code, out, err = bench(capsys, "list", "prunrs", "magnitude")
+    assert code == 2
+    assert err.startswith("error: bench list prunrs: unknown kind (did you mean 'pruners'?); valid: ")
+
+
 # ----------------------------------------------------------------------------- plugins
 
 
