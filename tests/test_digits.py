@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from harness.errors import ConfigError
 from harness.registry import build_registry, get_plugin_manager
 from plugins.datasets.digits import DigitsDataset
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +87,45 @@ def test_sample_conditions_are_balanced_and_seeded(digits: DigitsDataset) -> Non
     assert torch.equal(torch.bincount(a.labels, minlength=10), torch.full((10,), 10))
     assert a.prompts[0] == f"a handwritten digit {int(a.labels[0])}"
     assert len(digits.sample_conditions(7, torch.Generator()).labels) == 7
+
+
+@pytest.mark.parametrize("k", [1, 7, 10, 64])
+def test_sample_i_condition_does_not_depend_on_the_sample_count(digits: DigitsDataset, k: int) -> None:
+    # paired across runs: sample i gets the same label whether a run draws k or 2k samples
+    few = digits.sample_conditions(k, torch.Generator().manual_seed(5))
+    many = digits.sample_conditions(2 * k, torch.Generator().manual_seed(5))
+    assert torch.equal(many.labels[:k], few.labels)
+    assert many.prompts[:k] == few.prompts
+    assert len(digits.sample_conditions(0, torch.Generator()).labels) == 0
+
+
+def test_sample_conditions_are_balanced_in_every_block_of_ten(digits: DigitsDataset) -> None:
+    labels = digits.sample_conditions(30, torch.Generator().manual_seed(2)).labels
+    for block in labels.view(3, 10):
+        assert sorted(block.tolist()) == list(range(10))
+    assert labels.dtype == torch.long
+
+
+def test_config_key_names_the_conditions_version(digits: DigitsDataset) -> None:
+    # sample sets (and the metric values measured on them) made with the old
+    # n-dependent labels must not be reused: the version is part of every cache key
+    from plugins.datasets.digits import CONDITIONS_VERSION
+
+    key = digits.config_key()
+    assert key["conditions"] == CONDITIONS_VERSION == 2
+    assert key["options"] == {"image_size": 16, "reference_fraction": 0.2, "split_seed": 0}
+
+
+def test_the_sample_sets_cache_key_holds_the_conditions_version(tmp_path: Path) -> None:
+    from harness.config import load_matrix
+    from harness.planner import plan_cells
+    from harness.worker import Stages
+
+    one_cell = ["matrix.cfg_scale=[1.0]", "matrix.seed=[0]"]
+    cfg = load_matrix(REPO / "benchmarks" / "quickstart.toml", one_cell, results_dir=str(tmp_path))
+    cell = plan_cells(cfg)[0]
+    config = Stages(cfg, tmp_path / ".cache").samples.config("variant", cell, trajectory=False)
+    assert config["dataset"]["name"] == "digits" and config["dataset"]["conditions"] == 2
 
 
 def test_bad_split_and_options(digits: DigitsDataset) -> None:

@@ -73,18 +73,21 @@ def flickr_caption(name: str, k: int) -> str:
     return f"A child number {k} , seen in {name.split('_')[0]} ."
 
 
-def make_flickr8k(root: Path, layout: str = "official", image_dir: str | None = None) -> Path:
-    """Flickr8k: the official token file + split files + Flicker8k_Dataset/, or Kaggle's captions.txt + Images/."""
+def make_flickr8k(root: Path, layout: str = "official", image_dir: str | None = None, text_dir: str = "") -> Path:
+    """Flickr8k: the official token file + split files (in ``root/text_dir``) + Flicker8k_Dataset/,
+    or Kaggle's captions.txt + Images/."""
     folder = root / (image_dir or ("Flicker8k_Dataset" if layout == "official" else "Images"))
     for i, name in enumerate(FLICKR):
         write_image(folder / name, i, wide=i % 2 == 1)
     if layout == "official":
+        text = root / text_dir
+        text.mkdir(parents=True, exist_ok=True)
         lines = [f"{name}#{k}\t{flickr_caption(name, k)}" for name in FLICKR for k in (2, 0, 1)]
         # the real file lists an image that is not in the zip, with a non-image name
         lines.insert(3, "2258277193_586949ec62.jpg.1#0\tA dog runs .")
-        (root / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
+        (text / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
         for split, names in FLICKR_SPLITS.items():
-            (root / f"Flickr_8k.{split}Images.txt").write_text("\n".join(names) + "\n")
+            (text / f"Flickr_8k.{split}Images.txt").write_text("\n".join(names) + "\n")
     else:
         with open(root / "captions.txt", "w", newline="") as fh:
             writer = csv.writer(fh)
@@ -355,10 +358,40 @@ def test_flickr8k_official_layout(flickr_root: Path) -> None:
         flickr_caption(n, 0) for n in FLICKR_SPLITS["dev"]}
 
 
-@pytest.mark.parametrize("folder", ["Flickr8k_Dataset", "Images"])
+@pytest.mark.parametrize("folder", ["Flickr8k_Dataset", "Images", "Flickr8k_Dataset/Flicker8k_Dataset"])
 def test_flickr8k_other_image_folder_names(tmp_path: Path, folder: str) -> None:
     root = make_flickr8k(tmp_path, image_dir=folder)
     assert len(Flickr8kDataset(root=str(root), image_size=S).load("reference").images) == 2
+
+
+@pytest.mark.parametrize("image_dir", ["Flicker8k_Dataset", "Flickr8k_Dataset/Flicker8k_Dataset"])
+def test_flickr8k_zips_unpacked_into_folders_of_their_names(tmp_path: Path, image_dir: str) -> None:
+    # Flickr8k_text.zip unpacked into <root>/Flickr8k_text/: the same images, prompts and splits
+    plain = Flickr8kDataset(root=str(make_flickr8k(tmp_path / "plain")), image_size=S)
+    root = make_flickr8k(tmp_path / "unpacked", image_dir=image_dir, text_dir="Flickr8k_text")
+    assert not (root / "Flickr8k.token.txt").exists() and not (root / "Flickr_8k.testImages.txt").exists()
+    ds = Flickr8kDataset(root=str(root), image_size=S)
+    for split in ("reference", "train"):
+        a, b = plain.load(split), ds.load(split)
+        assert torch.equal(a.images, b.images) and a.conditions.prompts == b.conditions.prompts
+    assert [which(im, list(range(8))) for im in ds.load("reference").images] == [6, 7]
+    assert set(ds.content()) == {"Flickr8k_text/Flickr8k.token.txt", "Flickr8k_text/Flickr_8k.testImages.txt",
+                                 "Flickr8k_text/Flickr_8k.trainImages.txt"}
+    # a split file given at the root as well as in Flickr8k_text/: the root's copy is read
+    (root / "Flickr_8k.testImages.txt").write_text(FLICKR_SPLITS["test"][0] + "\n")
+    assert Flickr8kDataset(root=str(root), image_size=S).load("reference").conditions.prompts == [
+        flickr_caption(FLICKR_SPLITS["test"][0], 0)]
+
+
+def test_flickr8k_text_folder_missing_split_file_is_one_line(tmp_path: Path) -> None:
+    root = make_flickr8k(tmp_path, text_dir="Flickr8k_text")
+    (root / "Flickr8k_text" / "Flickr_8k.trainImages.txt").unlink()
+    with pytest.raises(ConfigError) as exc:
+        Flickr8kDataset(root=str(root))
+    assert one_line(exc).startswith(
+        f"dataset.flickr8k: {root / 'Flickr_8k.trainImages.txt'} not found (nor in Flickr8k_text/); the split "
+        "files come with Flickr8k_text.zip (expected ")
+    assert len(Flickr8kDataset(root=str(root), image_size=S, train_split="dev").load("train").images) == 2
 
 
 def test_flickr8k_all_skips_token_entries_that_are_not_images(flickr_root: Path) -> None:
@@ -381,10 +414,11 @@ def test_flickr8k_kaggle_layout(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         Flickr8kDataset(root=str(root))
     assert one_line(exc) == (
-        f"dataset.flickr8k: {root / 'Flickr_8k.testImages.txt'} not found; the split files come with "
-        "Flickr8k_text.zip (expected <root>/Flickr8k.token.txt with the images in <root>/Flicker8k_Dataset/ and "
-        "the split files <root>/Flickr_8k.{train,dev,test}Images.txt (Flickr8k layout), or <root>/captions.txt "
-        'with <root>/Images/ (Kaggle layout)); without them use split = "all" and train_split = "all"'
+        f"dataset.flickr8k: {root / 'Flickr_8k.testImages.txt'} not found (nor in Flickr8k_text/); the split "
+        "files come with Flickr8k_text.zip (expected <root>/Flickr8k.token.txt with the images in "
+        "<root>/Flicker8k_Dataset/ and the split files <root>/Flickr_8k.{train,dev,test}Images.txt, the text "
+        "files also in <root>/Flickr8k_text/ (Flickr8k layout), or <root>/captions.txt with <root>/Images/ "
+        '(Kaggle layout)); without them use split = "all" and train_split = "all"'
     )
     captions = root / "captions.txt"
     captions.write_text("img;text\n" + captions.read_text().split("\n", 1)[1])
@@ -398,6 +432,8 @@ def test_flickr8k_sample_conditions(flickr_root: Path) -> None:
     a = ds.sample_conditions(5, torch.Generator().manual_seed(0))
     b = ds.sample_conditions(5, torch.Generator().manual_seed(0))
     assert a.prompts == b.prompts and a.labels is None
+    # sample i's prompt does not depend on how many samples are drawn
+    assert ds.sample_conditions(9, torch.Generator().manual_seed(0)).prompts[:5] == a.prompts
     assert set(a.prompts) == {flickr_caption(n, 0) for n in FLICKR_SPLITS["test"]}
 
 
@@ -410,14 +446,15 @@ def test_flickr8k_missing_parts_are_one_line(flickr_root: Path, tmp_path: Path) 
     with pytest.raises(ConfigError) as exc:
         Flickr8kDataset(root=str(flickr_root))
     assert one_line(exc).startswith(
-        f"dataset.flickr8k: {flickr_root / 'Flickr8k.token.txt'} not found (nor captions.txt); expected ")
+        f"dataset.flickr8k: {flickr_root / 'Flickr8k.token.txt'} not found (nor in Flickr8k_text/, nor "
+        "captions.txt); expected ")
     (flickr_root / "tokens.bak").rename(flickr_root / "Flickr8k.token.txt")
     (flickr_root / "Flicker8k_Dataset").rename(flickr_root / "pictures")
     with pytest.raises(ConfigError) as exc:
         Flickr8kDataset(root=str(flickr_root))
     assert one_line(exc).startswith(
         f"dataset.flickr8k: image folder {flickr_root / 'Flicker8k_Dataset'} not found "
-        "(nor Flickr8k_Dataset, Images); expected ")
+        "(nor Flickr8k_Dataset/Flicker8k_Dataset, Flickr8k_Dataset, Images); expected ")
     (flickr_root / "pictures").rename(flickr_root / "Flicker8k_Dataset")
     with pytest.raises(ConfigError, match=r"dataset.flickr8k: split 'all' and train_split 'train' overlap"):
         Flickr8kDataset(root=str(flickr_root), split="all")

@@ -4,7 +4,8 @@
 0..16) in 10 classes, resized to ``image_size`` with bilinear interpolation (antialiased
 when shrinking), scaled to [-1, 1], one channel. The train / reference split is
 stratified by class and fixed by ``split_seed``: the same options always give the same
-images in the same order.
+images in the same order. The conditions of generated samples are balanced labels
+that depend only on the seeds and the sample index (see ``sample_conditions``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from harness import Conditions, Dataset, ImageBatch
 
 SPLITS = ("train", "reference")
 PROMPT = "a handwritten digit {}"
+#: version of ``sample_conditions`` in ``config_key``: 2 = per-block permutations, prefix-stable
+#: in n (1, unversioned: one shuffle of ``i % 10`` over all n samples)
+CONDITIONS_VERSION = 2
 
 
 @dataclass
@@ -107,7 +111,19 @@ class DigitsDataset(Dataset):
             ),
         )
 
+    def config_key(self) -> dict[str, Any]:
+        """Name, options and the version of :meth:`sample_conditions` (its labels are the
+        samples' conditions, so a new drawing must not reuse stored sample sets)."""
+        return {**super().config_key(), "conditions": CONDITIONS_VERSION}
+
     def sample_conditions(self, n: int, generator: torch.Generator) -> Conditions:
-        """Balanced labels (``i % 10``, shuffled by ``generator``) with their prompts."""
-        labels = (torch.arange(n) % self.num_classes)[torch.randperm(n, generator=generator)]
+        """Balanced labels with their prompts: each block of 10 samples is a permutation of
+        the 10 classes drawn from ``generator``, block after block.
+
+        Sample i's label depends only on the generator's seed and i, not on ``n`` (the
+        first k labels are the same for every ``n >= k``), like the per-sample noise.
+        """
+        blocks = -(-int(n) // self.num_classes)
+        perms = [torch.randperm(self.num_classes, generator=generator) for _ in range(blocks)]
+        labels = torch.cat(perms)[:n] if perms else torch.zeros(0, dtype=torch.long)
         return Conditions(labels=labels, prompts=[self.prompt(v) for v in labels.tolist()])

@@ -6,7 +6,13 @@ Official layout (Flickr8k_Dataset.zip and Flickr8k_text.zip, unpacked into ``<ro
     <root>/Flickr_8k.trainImages.txt    # 6,000 file names, one a line
     <root>/Flickr_8k.devImages.txt      # 1,000
     <root>/Flickr_8k.testImages.txt     # 1,000
-    <root>/Flicker8k_Dataset/*.jpg      # sic (the official zip's spelling); Flickr8k_Dataset/ or Images/ also work
+    <root>/Flicker8k_Dataset/*.jpg      # sic (the official zip's spelling)
+
+The zips are often unpacked into folders of their own names, and that works too: the
+text files are read from ``<root>/`` or ``<root>/Flickr8k_text/`` (each file from the
+first that holds it), the images from the first of ``<root>/Flicker8k_Dataset/``,
+``<root>/Flickr8k_Dataset/Flicker8k_Dataset/``, ``<root>/Flickr8k_Dataset/`` and
+``<root>/Images/`` that exists.
 
 The Kaggle copy (``<root>/captions.txt``, a CSV with the header ``image,caption``, and
 ``<root>/Images/``) has no split files: use ``split = "all"`` and ``train_split = "all"``.
@@ -45,7 +51,11 @@ log = logging.getLogger(__name__)
 
 TOKEN_FILE = "Flickr8k.token.txt"
 KAGGLE_FILE = "captions.txt"
-IMAGE_DIRS = ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images")
+#: folders that hold the text files, in the order they are searched ("" = the root)
+TEXT_DIRS = ("", "Flickr8k_text")
+#: image folders, first existing one wins (Flickr8k_Dataset.zip unpacked into its own name
+#: gives the nested one)
+IMAGE_DIRS = ("Flicker8k_Dataset", "Flickr8k_Dataset/Flicker8k_Dataset", "Flickr8k_Dataset", "Images")
 SPLIT_FILES = {
     "train": "Flickr_8k.trainImages.txt",
     "dev": "Flickr_8k.devImages.txt",
@@ -53,15 +63,24 @@ SPLIT_FILES = {
 }
 LAYOUT = (
     "<root>/Flickr8k.token.txt with the images in <root>/Flicker8k_Dataset/ and the split files "
-    "<root>/Flickr_8k.{train,dev,test}Images.txt (Flickr8k layout), or <root>/captions.txt "
-    "with <root>/Images/ (Kaggle layout)"
+    "<root>/Flickr_8k.{train,dev,test}Images.txt, the text files also in <root>/Flickr8k_text/ "
+    "(Flickr8k layout), or <root>/captions.txt with <root>/Images/ (Kaggle layout)"
 )
+
+
+def text_file(root: Path, name: str) -> Path:
+    """``name`` in the first of :data:`TEXT_DIRS` that holds it, else ``<root>/name``."""
+    for folder in TEXT_DIRS:
+        if (root / folder / name).is_file():
+            return root / folder / name
+    return root / name
 
 
 def captions_file(root: Path) -> Path | None:
     for name in (TOKEN_FILE, KAGGLE_FILE):
-        if (root / name).is_file():
-            return root / name
+        path = text_file(root, name)
+        if path.is_file():
+            return path
     return None
 
 
@@ -76,7 +95,8 @@ def check_layout(root: Path, split: str, train_split: str) -> None:
     """Raise a one-line ``ValueError`` naming the missing part of the layout."""
     check_root(root, LAYOUT)
     if captions_file(root) is None:
-        raise ValueError(f"{root / TOKEN_FILE} not found (nor {KAGGLE_FILE}); expected {LAYOUT}")
+        raise ValueError(f"{root / TOKEN_FILE} not found (nor in {TEXT_DIRS[1]}/, nor {KAGGLE_FILE}); "
+                         f"expected {LAYOUT}")
     if image_dir(root) is None:
         raise ValueError(f"image folder {root / IMAGE_DIRS[0]} not found (nor {', '.join(IMAGE_DIRS[1:])}); "
                          f"expected {LAYOUT}")
@@ -84,8 +104,9 @@ def check_layout(root: Path, split: str, train_split: str) -> None:
         raise ValueError(f"split '{split}' and train_split '{train_split}' overlap; with 'all' set both to "
                          f"'all' (train then takes the images left out of the reference set)")
     for s in dict.fromkeys((split, train_split)):
-        if s != "all" and not (root / SPLIT_FILES[s]).is_file():
-            raise ValueError(f"{root / SPLIT_FILES[s]} not found; the split files come with Flickr8k_text.zip "
+        if s != "all" and not text_file(root, SPLIT_FILES[s]).is_file():
+            raise ValueError(f"{root / SPLIT_FILES[s]} not found (nor in {TEXT_DIRS[1]}/); the split files come "
+                             f"with Flickr8k_text.zip "
                              f"(expected {LAYOUT}); without them use split = \"all\" and train_split = \"all\"")
 
 
@@ -93,7 +114,8 @@ def check_layout(root: Path, split: str, train_split: str) -> None:
 class Options:
     """Options of the ``flickr8k`` dataset (``[dataset]`` keys)."""
 
-    root: str = field(metadata={"help": "folder holding the captions file and the image folder (~ and $VARS expanded)"})
+    root: str = field(metadata={"help": "folder holding the text files (or Flickr8k_text/) and the image folder "
+                                        "(~ and $VARS expanded)"})
     split: Literal["train", "dev", "test", "all"] = field(
         default="test", metadata={"help": "reference split: train | dev | test | all"}
     )
@@ -188,7 +210,7 @@ class Flickr8kDataset(LocalImageDataset):
         files = [captions_file(self.root) or self.root / TOKEN_FILE]
         for s in dict.fromkeys((self.options.split, self.options.train_split)):
             if s != "all":
-                files.append(self.root / SPLIT_FILES[s])
+                files.append(text_file(self.root, SPLIT_FILES[s]))
         return files
 
     def captions(self) -> dict[str, list[str]]:
@@ -206,7 +228,7 @@ class Flickr8kDataset(LocalImageDataset):
         if split == "all":
             names = sorted(captions)
         else:
-            path = self.root / SPLIT_FILES[split]
+            path = text_file(self.root, SPLIT_FILES[split])
             names = []
             for lineno, line in enumerate(_read_text(path, self.where).splitlines(), 1):
                 name = line.strip()

@@ -93,12 +93,12 @@ def step_lengths(traj: torch.Tensor) -> torch.Tensor:
 
 
 def path_length_similarity(student: torch.Tensor, teacher: torch.Tensor) -> Stepwise:
-    """Ratio of the student's and teacher's path lengths, in (0, 1].
+    """Ratio of the student's and teacher's path lengths, in [0, 1].
 
     L(n) = sum_k l_k(n) with l_k(n) = ||x_{k+1}(n) - x_k(n)||.
     overall = mean_n  min(L_s(n), L_t(n)) / max(L_s(n), L_t(n))   (mean of per-sample ratios)
     per_step[k] = mean_n  min(l^s_k(n), l^t_k(n)) / max(l^s_k(n), l^t_k(n))
-    with 0 / 0 := 1. 1 means equal lengths; the direction is ignored.
+    with 0 / 0 := 1. 1 means equal lengths, 0 that exactly one path has length 0; the direction is ignored.
     """
     check_pair(student, teacher)
     ls, lt = step_lengths(student), step_lengths(teacher)

@@ -79,7 +79,7 @@ class PathLengthSimilarity(_PairedTrajectoryMetric):
     """How alike the student's and teacher's path lengths are: min(L_s, L_t) / max(L_s, L_t).
 
     L = sum_k ||x_{k+1} - x_k|| per sample; the ratio is taken per sample and then
-    averaged over samples (not the ratio of mean lengths). In (0, 1]; 1 = same length.
+    averaged over samples (not the ratio of mean lengths). In [0, 1]; 1 = same length, 0 = a stalled student.
     Per step (``path_length_similarity_t``): the same ratio of the single step's lengths.
     """
 
