@@ -111,11 +111,15 @@ class Dataset(Plugin):
     ``split`` in ``{"train", "reference"}``; the split is fixed (deterministic).
     ``sample_conditions(n, generator)`` returns the conditions of n samples as a pure
     function of the generator (paired design: same seed, same conditions).
+    ``conditions_version``: bump it when ``sample_conditions`` draws other conditions for
+    the same seed; it enters the sample sets' cache keys (not the models': the training
+    data did not change), so no stale sample set or metric value is reused.
     """
 
     image_size: int = 16
     channels: int = 1
     num_classes: int | None = None
+    conditions_version: ClassVar[int] = 1
 
     @classmethod
     def kind_name(cls) -> str:

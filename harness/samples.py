@@ -118,7 +118,7 @@ class SampleStage:
     # -- keys ---------------------------------------------------------------------
     def config(self, variant_key: str, cell: Cell, trajectory: bool) -> dict[str, Any]:
         """What identifies a sample set (hashed into its key)."""
-        s = cell.sampling
+        s, ds = cell.sampling, self.s.dataset(cell.variant)
         return {
             "variant": variant_key,
             "sampler": cell.axes["sampler"],
@@ -128,7 +128,10 @@ class SampleStage:
             "bench_seed": self.s.cfg.benchmark.seed,
             "num_samples": s.num_samples,
             "trajectory_samples": s.trajectory_samples if trajectory else 0,
-            "dataset": self.s.dataset(cell.variant).config_key(),
+            "dataset": ds.config_key(),
+            # how the conditions are drawn; entered only once a dataset has changed it, so
+            # the keys of stored sets stay valid
+            **({"conditions": ds.conditions_version} if ds.conditions_version != 1 else {}),
             # options added later enter the key only when not at their default (stored keys stay valid)
             **({"dtype": s.dtype} if s.dtype != "fp32" else {}),
             # generation_time and peak_memory_mb are measured with the samples: a new batch

@@ -20,8 +20,8 @@ from harness import Conditions, Dataset, ImageBatch
 
 SPLITS = ("train", "reference")
 PROMPT = "a handwritten digit {}"
-#: version of ``sample_conditions`` in ``config_key``: 2 = per-block permutations, prefix-stable
-#: in n (1, unversioned: one shuffle of ``i % 10`` over all n samples)
+#: version of ``sample_conditions`` (``Dataset.conditions_version``, in the sample sets' keys):
+#: 2 = per-block permutations, prefix-stable in n (1: one shuffle of ``i % 10`` over all n)
 CONDITIONS_VERSION = 2
 
 
@@ -47,6 +47,7 @@ class DigitsDataset(Dataset):
     Options = Options
     channels = 1
     num_classes = 10
+    conditions_version = CONDITIONS_VERSION
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -110,11 +111,6 @@ class DigitsDataset(Dataset):
                 prompts=list(batch.conditions.prompts or []),
             ),
         )
-
-    def config_key(self) -> dict[str, Any]:
-        """Name, options and the version of :meth:`sample_conditions` (its labels are the
-        samples' conditions, so a new drawing must not reuse stored sample sets)."""
-        return {**super().config_key(), "conditions": CONDITIONS_VERSION}
 
     def sample_conditions(self, n: int, generator: torch.Generator) -> Conditions:
         """Balanced labels with their prompts: each block of 10 samples is a permutation of
