@@ -19,14 +19,14 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
 from _matrices import SYNTHETIC
+from test_plots import distillation_rows, pruning_rows
+
 from harness import Plot, hookimpl, load_results, runner
 from harness.cli import main
 from harness.drawing import PlotFailure, draw_plots
 from harness.store import rows_to_table
 from plugins.plots import bench_register_plots
-from test_plots import distillation_rows, pruning_rows
 
 #: the synthetic matrix with what makes plots trip: swept options of one method only
 SWEEP = [
