@@ -39,6 +39,13 @@ def _add_matrix_args(p: argparse.ArgumentParser) -> None:
                    help="results folder (default: [execution] results_dir, 'results')")
 
 
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    runs = p.add_mutually_exclusive_group()
+    runs.add_argument("--run", dest="runs", action="append", default=None, metavar="RUN_ID",
+                      help="only this run of the benchmark folder PATH (repeatable)")
+    runs.add_argument("--latest", action="store_true", help="only the newest run of the benchmark folder PATH")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Benchmark compressed diffusion models.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
@@ -70,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="results folder, benchmark folder, run folder or file")
     p.add_argument("--export", choices=["json", "csv"], default=None, help="write the rows to a file")
     p.add_argument("--out", default=None, help="output file for --export (default: next to PATH)")
+    _add_run_args(p)
 
     p = sub.add_parser("plot", help="draw figures from a results folder")
-    p.add_argument("path", help="results folder")
+    p.add_argument("path", help="results folder, benchmark folder, run folder or file")
     p.add_argument("--kind", action="append", default=None,
                    help="plot name, or a family prefix such as 'pruning' (repeatable; default: all that apply)")
     p.add_argument("--compare", action="store_true", help="one figure per metric with every method")
@@ -80,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set a plot option, VALUE in TOML syntax (repeatable), "
                         "e.g. --set pruning_summary.primary=fid_digits; 'bench list plots' lists the options")
     p.add_argument("--out", default="figures", help="output folder (default: figures)")
+    _add_run_args(p)
 
     p = sub.add_parser("train", help="train the teacher or distil the students of a matrix")
     p.add_argument("what", choices=["teacher", "students"])
@@ -87,9 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size-factors", default=None, help="comma-separated size factors (default: the matrix's axis)")
 
     p = sub.add_parser("report", help="write a report (markdown or html) of a results folder")
-    p.add_argument("path")
+    p.add_argument("path", help="results folder, benchmark folder, run folder or file")
     p.add_argument("--out", default="report", help="output folder")
     p.add_argument("--format", choices=["md", "html"], default="md")
+    _add_run_args(p)
     return parser
 
 
@@ -249,7 +259,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     from harness import tables
     from harness.results import load_results
 
-    df = load_results(args.path)
+    df = load_results(args.path, runs=args.runs, latest=args.latest)
     console = Console()
     console.print(tables.format_table(tables.summarize(df)))
     if args.export:
@@ -260,15 +270,17 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from harness import store
+    """Draw the selected plots, each in isolation: a failing one is one line, exit 1."""
+    from harness.drawing import draw_plots
     from harness.registry import build_registry
+    from harness.results import load_results
 
     registry = build_registry()
     names = _plot_names(args.kind, registry.names("plots"))
     # every class and option checked before the results are read: a mistake draws nothing
     classes = {name: registry.get("plots", name, "--kind") for name in names}
     overrides = _plot_overrides(args.plot_options, registry, names)
-    plots = []
+    plots: dict[str, Any] = {}
     for name, cls in classes.items():
         opts: dict[str, Any] = {}
         if args.compare and "compare" in [f[0] for f in option_fields(getattr(cls, "Options", None))]:
@@ -276,17 +288,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
         opts.update(overrides.get(name, {}))  # --set pruning_curves.compare=false beats --compare
         if name in overrides:
             validate_options(cls, opts, f"--set {name}")
-        plots.append(cls(**opts))
-    df = store.load_results(args.path)
-    out = Path(args.out)
-    written: list[Path] = []
-    for plot in plots:
-        written.extend(plot.draw(df, out))
+        plots[name] = cls(**opts)
+    df = load_results(args.path, runs=args.runs, latest=args.latest)
+    paths, failures = draw_plots(plots, df, Path(args.out))
+    written = [p for files in paths.values() for p in files]
     for path in written:
         print(path)
-    if not written:
+    if not written and not failures:
         print(f"no figure applies to the results under {args.path} (plots tried: {', '.join(names)})", file=sys.stderr)
-    return 0
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def _plot_overrides(texts: list[str], registry: Registry, selected: list[str]) -> dict[str, dict[str, Any]]:
@@ -366,9 +378,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from harness import report
 
-    path = report.write_report(Path(args.path), Path(args.out), fmt=args.format)
+    path, facts = report.make_report(Path(args.path), Path(args.out), fmt=args.format, runs=args.runs,
+                                     latest=args.latest)
     print(path)
-    return 0
+    failures = facts.plot_failures()
+    for line in failures:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def cmd_new(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ summary table of ``bench results`` (:func:`harness.tables.summarize`: per varian
 scale, the mean over seeds with its 95% confidence interval, the s.d. and the number of
 values, and the mean paired delta to the reference with its interval), the failed cells
 with their error messages, and the figures of every plot plugin that applies, drawn into
-``<out>/figures/``. A plot that raises is listed with its error; the others still run.
+``<out>/figures/``. A plot that raises is listed with its error; the others still run
+(``bench report`` then names it in one line on stderr and exits with code 1, as ``bench plot``).
 
 The Markdown report links the figures by relative path (keep ``report.md`` and
 ``figures/`` together); the HTML report is one self-contained file: the images are
@@ -22,6 +23,7 @@ templates in ``harness/templates/``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -35,24 +37,35 @@ log = logging.getLogger(__name__)
 FORMATS = ("md", "html")
 
 
-def write_report(path: Path, out: Path, fmt: Literal["md", "html"] = "md") -> Path:
+def write_report(path: Path, out: Path, fmt: Literal["md", "html"] = "md", *,
+                 runs: Sequence[str] | None = None, latest: bool = False) -> Path:
     """Write ``out/report.md`` or ``out/report.html`` of the results under ``path``; return it.
 
     :param path: a results folder, a benchmark folder, a run folder or one fragment.
     :param out: the report folder (created); figures go to ``out/figures/``.
     :param fmt: ``"md"`` (figures linked by relative path) or ``"html"`` (one
         self-contained file, figures embedded).
-    :raises UserError: ``path`` is missing or holds no results, or ``fmt`` is unknown.
+    :param runs: only these runs of the benchmark folder ``path`` (run ids).
+    :param latest: only the newest run of the benchmark folder ``path``.
+    :raises UserError: ``path`` is missing or holds no results, a run id is unknown, or
+        ``fmt`` is unknown.
     """
+    return make_report(path, out, fmt, runs=runs, latest=latest)[0]
+
+
+def make_report(path: Path, out: Path, fmt: Literal["md", "html"] = "md", *,
+                runs: Sequence[str] | None = None, latest: bool = False) -> tuple[Path, Report]:
+    """:func:`write_report`, also returning the :class:`Report` it rendered (for its
+    failed plots: ``Report.plot_failures()``)."""
     if fmt not in FORMATS:
         raise UserError(f"bench report --format {fmt}: unknown format; valid: 'html', 'md'")
-    report = collect(Path(path), Path(out))
+    report = collect(Path(path), Path(out), runs=runs, latest=latest)
     text = render_markdown(report) if fmt == "md" else render_html(report)
     target = report.out_dir / f"report.{fmt}"
     write_bytes(target, text.encode("utf-8"))
     log.info("wrote %s", target)
-    return target
+    return target, report
 
 
 __all__ = ["FEW_VALUES_TEXT", "SUMMARY_TEXT", "BenchmarkSection", "Report", "ci_halfwidth", "collect",
-           "render_html", "render_markdown", "write_report"]
+           "make_report", "render_html", "render_markdown", "write_report"]

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.options import option_fields
 from harness.errors import UserError
-from harness.results import add_reference, fragment_files, load_results
+from harness.results import add_reference, fragment_files, load_results, select_runs
 from harness.store import MANIFEST
 from harness.tables import format_table, summarize
 from harness.tables import format_value as _fmt
@@ -113,41 +113,55 @@ class Report:
     benchmarks: list[BenchmarkSection]
     plugin_errors: list[str]
 
+    def plot_failures(self) -> list[str]:
+        """One line per plot that raised, naming the plot (and its benchmark if several)."""
+        several = len(self.benchmarks) > 1
+        return [f"plot {p.name} failed" + (f" on benchmark {b.name}" if several else "") + f": {p.error}"
+                for b in self.benchmarks for p in b.plots if p.error is not None]
+
 
 # ----------------------------------------------------------------------------- collecting
 
 
-def collect(path: Path, out: Path) -> Report:
-    """Read the results under ``path``, draw the figures into ``out/figures/``, gather the facts."""
+def collect(path: Path, out: Path, runs: Sequence[str] | None = None, latest: bool = False) -> Report:
+    """Read the results under ``path``, draw the figures into ``out/figures/``, gather the facts.
+
+    ``runs`` / ``latest`` select runs of the benchmark folder ``path``, as for
+    :func:`harness.results.load_results`.
+    """
     if not path.exists():
         raise UserError(f"{path}: no such file or folder (give a results folder, a benchmark folder or a run folder)")
-    files = fragment_files(path)
-    if not files:
+    selected = bool(runs) or latest
+    files = fragment_files(path, runs=runs, latest=latest)
+    if not files and not selected:
         raise UserError(f"{path}: no results here (no <cell_id>.parquet fragments under it; give a results folder, "
                         "a benchmark folder or a run folder)")
     from harness.registry import build_registry
 
-    df = load_results(path)
+    df = load_results(path, runs=runs, latest=latest)
     with_ref = add_reference(df)
     out.mkdir(parents=True, exist_ok=True)
     registry = build_registry()
-    runs = _runs(path, files)
+    by_bench = _runs(path, files, only=select_runs(path, runs, latest) if selected else None)
     names = sorted(map(str, df["benchmark"].dropna().unique()))
     sections = []
     for name in names:
         mask = (df["benchmark"].astype(str) == name).to_numpy()
         part = df[mask].reset_index(drop=True)
         fig_dir = out / FIGURES_DIR if len(names) == 1 else out / FIGURES_DIR / name
-        sections.append(_section(name, part, with_ref[mask].reset_index(drop=True), runs.get(name, []),
+        sections.append(_section(name, part, with_ref[mask].reset_index(drop=True), by_bench.get(name, []),
                                  registry, fig_dir))
     return Report(path, out, _dt.datetime.now(_dt.timezone.utc), sections, list(registry.load_errors))
 
 
-def _runs(path: Path, files: Sequence[Path]) -> dict[str, list[RunFacts]]:
+def _runs(path: Path, files: Sequence[Path], only: Sequence[Path] | None = None) -> dict[str, list[RunFacts]]:
     """Run folders by benchmark: those holding the live fragments, plus (for a benchmark or
-    results folder) runs whose cells were all superseded or that stored nothing."""
+    results folder) runs whose cells were all superseded or that stored nothing; with
+    ``only``, just those run folders."""
     dirs = {f.parent for f in files}
-    if path.is_dir():
+    if only is not None:
+        dirs = set(only)
+    elif path.is_dir():
         if (path / MANIFEST).is_file():
             dirs.add(path)
         else:
@@ -291,21 +305,23 @@ def _failed_cells(df: pd.DataFrame) -> list[FailedCell]:
 
 
 def _draw_plots(df: pd.DataFrame, registry: Any, fig_dir: Path) -> list[PlotOutcome]:
-    """Every registered plot on ``df``; a plot that raises is recorded, not fatal."""
-    outcomes = []
+    """Every registered plot on ``df``, each in isolation (:func:`harness.drawing.draw_plots`):
+    a plot that raises is recorded with its error, the others are drawn."""
+    from harness.drawing import draw_plots
+
+    plots, outcomes = {}, {}
     for name in registry.names("plots"):
         cls = registry.get("plots", name)
-        outcome = PlotOutcome(name, cls.describe())
-        try:
-            # the report is the complete view: where a plot can also compare methods, do
-            options = [f[0] for f in option_fields(getattr(cls, "Options", None))]
-            opts = {"compare": True} if "compare" in options else {}
-            outcome.files = sorted({Path(p) for p in (cls(**opts).draw(df, fig_dir) or [])})
-        except Exception as exc:  # a broken (third-party) plot must not cost the whole report
-            outcome.error = f"{type(exc).__name__}: {exc}".strip()
-            log.warning("plot %s failed: %s", name, outcome.error, exc_info=log.isEnabledFor(logging.DEBUG))
-        outcomes.append(outcome)
-    return outcomes
+        # the report is the complete view: where a plot can also compare methods, do
+        options = [f[0] for f in option_fields(getattr(cls, "Options", None))]
+        plots[name] = cls(**({"compare": True} if "compare" in options else {}))
+        outcomes[name] = PlotOutcome(name, cls.describe())
+    paths, failures = draw_plots(plots, df, fig_dir)
+    for name, files in paths.items():
+        outcomes[name].files = sorted(set(files))
+    for failure in failures:
+        outcomes[failure.name].error = failure.error
+    return list(outcomes.values())
 
 
 __all__ = ["BenchmarkSection", "FailedCell", "PlotOutcome", "Report", "RunFacts", "SummaryTable", "ci_halfwidth",

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.errors import UserError
+from harness.errors import UserError, did_you_mean, valid_choices
 from harness.schema import CATEGORICAL, COLUMNS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -171,12 +171,64 @@ def cell_status(rows: Iterable[Mapping[str, Any]]) -> str:
 # -- reading ----------------------------------------------------------------------------
 
 
-def fragment_files(path: str | os.PathLike[str]) -> list[Path]:
+MANIFEST = "_manifest.json"
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(("_", "."))
+
+
+def _is_run_folder(d: Path) -> bool:
+    """A folder written by ``bench run``: a manifest, or fragments directly inside."""
+    return (d / MANIFEST).is_file() or any(
+        f.endswith(FRAGMENT_SUFFIX) and not _hidden(f) for f in os.listdir(d))
+
+
+def run_ids(path: str | os.PathLike[str]) -> list[str]:
+    """The run ids of the benchmark folder ``path``, oldest first (``[]`` if it holds none)."""
+    root = Path(path)
+    if not root.is_dir() or (root / MANIFEST).is_file():
+        return []
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not _hidden(e.name) and _is_run_folder(Path(e.path)))
+
+
+def select_runs(path: str | os.PathLike[str], runs: Sequence[str] | None = None, latest: bool = False) -> list[Path]:
+    """The run folders of the benchmark folder ``path`` (``results/<benchmark>``) named by
+    ``runs``, or the newest one with ``latest`` (run ids sort in creation order).
+
+    :raises UserError: ``path`` is not a benchmark folder, or a run id is not one of its
+        runs (the message names the valid run ids).
+    """
+    root = Path(path)
+    valid = run_ids(root)
+    if not valid:
+        if root.is_dir() and (root / MANIFEST).is_file():
+            hint = f"; this is run {root.name}: give {root.parent} --run {root.name}"
+        else:
+            inside = sorted({str(m.parent.parent) for m in root.glob(f"*/*/{MANIFEST}")}) if root.is_dir() else []
+            hint = f"; benchmark folders under it: {', '.join(inside)}" if inside else ""
+        raise UserError(f"{path}: not a benchmark folder with runs (results/<benchmark>/<run_id>/); "
+                        f"--run and --latest select runs of one benchmark{hint}")
+    if latest:
+        return [root / valid[-1]]
+    unknown = [r for r in runs or () if r not in valid]
+    if unknown:
+        raise UserError(f"--run {unknown[0]}: no such run in {path}{did_you_mean(unknown[0], valid)}; "
+                        f"{valid_choices(valid)}")
+    return [root / r for r in dict.fromkeys(runs or ())]
+
+
+def fragment_files(path: str | os.PathLike[str], runs: Sequence[str] | None = None,
+                   latest: bool = False) -> list[Path]:
     """Every live fragment under ``path`` (a file, or a folder searched recursively).
 
     Names starting with ``_`` or ``.`` below ``path`` are skipped, as Parquet readers
-    do; a ``_superseded`` folder given explicitly lists its superseded fragments.
+    do; a ``_superseded`` folder given explicitly lists its superseded fragments. With
+    ``runs`` or ``latest``, only the fragments of those runs of the benchmark folder
+    ``path`` (:func:`select_runs`).
     """
+    if runs or latest:
+        return [f for d in select_runs(path, runs, latest) for f in fragment_files(d)]
     root = Path(path)
     if root.is_file():
         return [root]
@@ -237,12 +289,17 @@ def _unify(tables: list[pa.Table]) -> pa.Table:
 def load_results(
     path: str | os.PathLike[str],
     *,
+    runs: Sequence[str] | None = None,
+    latest: bool = False,
     with_reference: bool = False,
     include_errors: bool = True,
 ) -> pd.DataFrame:
     """Read every live fragment under ``path`` into one typed pandas DataFrame.
 
     ``path`` is a results folder, a benchmark folder, a run folder or one fragment.
+    ``runs`` (run ids) or ``latest`` (the newest run) read only those runs of the
+    benchmark folder ``path``: the cells each run computed and that no later run
+    superseded (:func:`select_runs`).
     Columns: the schema's, in order (categoricals for ``schema.CATEGORICAL``, timestamps
     in UTC, NaN for missing floats, nullable ``Int64``/``boolean`` for ints and bools),
     then one per swept option. ``blob`` holds ``bytes`` on diagnostic rows (decode with
@@ -254,7 +311,11 @@ def load_results(
     """
     import pandas as pd
 
-    files = fragment_files(path)
+    files = fragment_files(path, runs, latest)
+    if not files and (runs or latest):
+        chosen = ", ".join(d.name for d in select_runs(path, runs, latest))
+        raise UserError(f"{path}: no live results in run {chosen} (its cells were superseded by later runs, "
+                        "or it stored none)")
     if not files:
         raise UserError(f"no results under {path}")
     table = _unify([_read_fragment(f) for f in files]).combine_chunks()

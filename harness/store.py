@@ -52,6 +52,7 @@ from harness import fsio
 from harness.errors import UserError
 from harness.results import (
     FRAGMENT_SUFFIX,
+    MANIFEST,
     SUPERSEDED_DIR,
     SUPERSEDED_SUFFIX,
     add_reference,
@@ -67,7 +68,6 @@ from harness.schema import COLUMNS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "_manifest.json"
 LOCK = ".lock"
 #: the lock holder's pid, written once it holds the lock (the lock file itself is filelock's)
 LOCK_PID = ".lock.pid"

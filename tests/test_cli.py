@@ -242,6 +242,33 @@ def test_results_of_an_empty_folder(capsys, tmp_path):
     assert err == f"error: no results under {tmp_path}\n"
 
 
+@pytest.fixture
+def three_runs(tmp_path) -> tuple[Path, list[str]]:
+    """A synthetic benchmark folder: run 1 seeds 0 and 1, run 2 seed 2, run 3 seeds 0 and 1
+    again with ``--force`` (so run 1 holds nothing live any more)."""
+    for overrides, force in ((SMALL, False), ([*SMALL[:-1], "matrix.seed=[2]"], False), (SMALL, True)):
+        runner.run(SYNTHETIC, overrides, results_dir=str(tmp_path / "res"), quiet=True, force=force)
+    folder = tmp_path / "res" / "synthetic"
+    return folder, sorted(p.name for p in folder.iterdir() if not p.name.startswith(("_", ".")))
+
+
+def test_results_and_plot_of_chosen_runs(capsys, three_runs, tmp_path):
+    folder, (first, second, third) = three_runs
+    for args, seeds in ((["--latest"], {0, 1}), (["--run", second], {2}), (["--run", second, "--run", third], {0, 1, 2}),
+                        ([], {0, 1, 2})):
+        code, out, err = bench(capsys, "results", folder, *args, "--export", "csv", "--out", tmp_path / "rows.csv")
+        assert code == 0, err
+        assert set(pd.read_csv(tmp_path / "rows.csv")["seed"]) == seeds
+        code, out, err = bench(capsys, "plot", folder, *args, "--kind", "pruning_json", "--out", tmp_path / "f")
+        assert code == 0, err
+        rows = json.loads((tmp_path / "f" / "pruning" / "results_magnitude.json").read_text())
+        assert {r["seed"] for r in rows} == seeds
+    code, out, err = bench(capsys, "results", folder, "--run", first)
+    assert code == 2
+    assert err == (f"error: {folder}: no live results in run {first} (its cells were superseded by later runs, "
+                   "or it stored none)\n")
+
+
 # ----------------------------------------------------------------------------- run output
 
 

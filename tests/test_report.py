@@ -353,6 +353,62 @@ def test_a_failing_plot_is_listed_and_the_others_are_still_drawn(results, tmp_pa
     assert "expected_pruning_curve.png" in text
 
 
+def test_bench_report_names_a_failing_plot_in_one_line_and_exits_1(results, tmp_path, monkeypatch, capsys):
+    _with_extra_plugins(monkeypatch, TestPlugins())
+    assert main(["report", str(results), "--out", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == ["error: plot broken failed: RuntimeError: boom"]
+    assert captured.out.strip() == str(tmp_path / "report.md")
+    assert (tmp_path / "figures" / "synthetic" / "expected_pruning_curve.png").is_file()
+
+
+# ----------------------------------------------------------------------------- --run, --latest
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> tuple[Path, str, str]:
+    """A synthetic benchmark folder with two runs: seeds 0 and 1 first, then seed 2."""
+    root = tmp_path_factory.mktemp("two-runs")
+    for seeds in ("[0, 1]", "[2]"):
+        overrides = [*SMALL[:-1], f"matrix.seed={seeds}", 'metrics.names=["synthetic_quality"]']
+        runner.run(SYNTHETIC, overrides, results_dir=str(root), stream=io.StringIO(), interactive=False)
+    first, second = sorted(p.name for p in (root / "synthetic").iterdir() if not p.name.startswith(("_", ".")))
+    return root / "synthetic", first, second
+
+
+@pytest.mark.parametrize("select, seeds", [("latest", {2}), ("first", {0, 1}), ("both", {0, 1, 2}), ("none", {0, 1, 2})])
+def test_runs_of_a_benchmark_folder_are_selected(select, seeds, two_runs, tmp_path, monkeypatch):
+    from harness import load_results
+
+    monkeypatch.setattr(report_data, "_draw_plots", lambda df, registry, fig_dir: [])  # facts only: fast
+    bench, first, second = two_runs
+    args = {"latest": ["--latest"], "first": ["--run", first], "both": ["--run", first, "--run", second],
+            "none": []}[select]
+    runs = [a for a in args if a != "--run" and a != "--latest"]
+    df = load_results(bench, runs=runs, latest=select == "latest")
+    assert set(df["seed"]) == seeds
+    rep = report.collect(bench, tmp_path, runs=runs, latest=select == "latest")
+    expected_runs = {"latest": [second], "first": [first]}.get(select, [first, second])
+    assert [r.run_id for r in rep.benchmarks[0].runs] == expected_runs
+    assert main(["report", str(bench), *args, "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert all(run in text for run in expected_runs)
+    assert not any(run in text for run in {first, second} - set(expected_runs))
+
+
+@pytest.mark.parametrize("command", ["report", "plot", "results"])
+def test_unknown_run_or_a_folder_that_is_not_a_benchmark_is_one_line_exit_2(command, two_runs, tmp_path, capsys):
+    bench, first, second = two_runs
+    assert main([command, str(bench), "--run", first, "--run", "no-such-run", "--out", str(tmp_path / "o")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == f"error: --run no-such-run: no such run in {bench}; valid: '{first}', '{second}'"
+    for path in (bench.parent, bench / first):
+        assert main([command, str(path), "--latest", "--out", str(tmp_path / "o")]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"error: {path}: not a benchmark folder with runs (results/<benchmark>/<run_id>/)")
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("where", ["root", "benchmark", "run"])
 def test_a_results_benchmark_or_run_folder_can_be_reported(where, results, tmp_path, monkeypatch):
     monkeypatch.setattr(report_data, "_draw_plots", lambda df, registry, fig_dir: [])  # facts only: fast

@@ -14,7 +14,6 @@ smallest, then pruned variants; ``<variant>`` in file names is ``teacher``,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -65,13 +64,23 @@ def _option_columns(df: pd.DataFrame) -> list[str]:
     return sorted(c for c in df.columns if c not in COLUMNS and "." in c and not c.startswith("metrics."))
 
 
+def _missing(v: Any) -> bool:
+    """None, NaN, NaT or ``pd.NA``: swept options of other methods are missing in nullable
+    columns (``Int64``, ``boolean``), where ``v == v`` is ``pd.NA``, not a bool."""
+    import pandas as pd
+
+    return v is None or (not isinstance(v, (list, tuple, dict)) and bool(pd.isna(v)))
+
+
 def _variant_of(row: Any, options: list[str]) -> Variant:
     size = row["size_factor"]
-    size = None if size is None or (isinstance(size, float) and math.isnan(size)) else float(size)
+    size = None if _missing(size) else float(size)
     method = row.get("pruning_method")
-    method = "none" if method is None or (isinstance(method, float) and math.isnan(method)) else str(method)
-    rate = float(row.get("pruning_rate", 0.0) or 0.0)
-    role = str(row.get("role") or ("reference" if size is None and method == "none" else "student"))
+    method = "none" if _missing(method) else str(method)
+    rate = row.get("pruning_rate")
+    rate = 0.0 if _missing(rate) else float(rate)
+    role = row.get("role")
+    role = ("reference" if size is None and method == "none" else "student") if _missing(role) else str(role)
     parts, slugs = [], []
     if size is None and method == "none":
         parts, slugs = ["teacher"], ["teacher"]
@@ -81,7 +90,7 @@ def _variant_of(row: Any, options: list[str]) -> Variant:
     if method != "none":
         parts.append(f"{method} rate {lb.fmt_num(rate)}")
         slugs.append(f"{method}_rate{lb.fmt_num(rate)}")
-    extra = [(c, row.get(c)) for c in options if row.get(c) is not None and row.get(c) == row.get(c)]
+    extra = [(c, row.get(c)) for c in options if not _missing(row.get(c))]
     for c, v in extra:
         short = c.rsplit(".", 1)[-1]
         parts.append(f"{short}={v}")
