@@ -182,19 +182,36 @@ class VariantStage:
         return self.pruner(spec).prune(model, spec.pruning_rate, self.prune_context(spec, model))
 
     def prune_context(self, spec: VariantSpec, model: DiffusionModel) -> PruneContext:
+        """The pruner's context; the train split is read only when the pruner needs it.
+
+        The calibration batch is 256 random train images drawn with the pruner's generator,
+        which the pruner then continues (as before the batch became lazy, so results and
+        cached variants stay the same). A data-free pruner that only draws random numbers
+        still triggers the draw; where the train split cannot be loaded, it gets the
+        generator fresh.
+        """
         fam, ds = self.s.family(spec), self.s.dataset(spec)
-        train = ds.load("train")
         gen = self.s.generator("prune", spec.pruning_method, spec.pruning_rate, spec.size_factor)
-        n = min(len(train.images), 256)
-        idx = torch.randperm(len(train.images), generator=gen)[:n]
-        calib = ImageBatch(train.images[idx], _index_conditions(train.conditions, idx))
         ft_ctx = self.s.train_context("finetune", spec.pruning_method, spec.pruning_rate, spec.size_factor)
+
+        def calibration() -> ImageBatch:
+            train = ds.load("train")
+            idx = torch.randperm(len(train.images), generator=gen)[: min(len(train.images), 256)]
+            return ImageBatch(train.images[idx], _index_conditions(train.conditions, idx))
+
+        def generator() -> torch.Generator:
+            try:
+                ctx.calibration  # noqa: B018 (draws the calibration batch first, see above)
+            except Exception as exc:  # noqa: BLE001 (the pruner never reads the batch: it cannot fail it)
+                log.info("no calibration batch for %s (%s); the generator starts fresh", spec.pruning_method, exc)
+            return gen
 
         def finetune(m: DiffusionModel, steps: int) -> DiffusionModel:
             return fam.finetune(m, ds, int(steps), ft_ctx)
 
-        return PruneContext(calibration=calib, device=self.s.device, generator=gen, finetune=finetune,
-                            example_inputs=model.example_inputs(2), seed=self.s.seed("prune"))
+        ctx = PruneContext(calibration=calibration, device=self.s.device, generator=generator, finetune=finetune,
+                           example_inputs=model.example_inputs(2), seed=self.s.seed("prune"))
+        return ctx
 
 
 def _index_conditions(c: Conditions, idx: torch.Tensor) -> Conditions:

@@ -103,3 +103,67 @@ def test_a_worker_runs_its_cells_with_the_runs_thread_count(tmp_path, threads):
     results = [r for unit in group_units(plan_cells(cfg)) for r in worker(unit)]
     assert {r.status for r in results} == {"ok"} and seen == [threads] * len(results)
     assert torch.get_num_threads() == before  # restored after each cell
+
+
+def _pruned_spec(cfg, method: str):  # noqa: ANN001, ANN202
+    return next(c.variant for c in plan_cells(cfg) if c.variant.pruning_method == method)
+
+
+@pytest.fixture
+def no_train_split(tmp_path, monkeypatch):  # noqa: ANN001, ANN201
+    """A synthetic matrix whose dataset has no train split (as a val-only COCO copy); yields (cfg, loads)."""
+    from harness.errors import UserError
+
+    cfg = load_matrix(SYNTHETIC, ['matrix.pruning_method=["magnitude", "random"]', "matrix.pruning_rate=[0.5]",
+                                  "matrix.cfg_scale=[1.0]", "matrix.seed=[0]"], results_dir=str(tmp_path))
+    cls = type(Session(cfg, tmp_path / ".cache").dataset())
+    loads: list[str] = []
+    real_load = cls.load
+
+    def load(self, split):  # noqa: ANN001, ANN202
+        loads.append(split)
+        if split == "train":
+            raise UserError("dataset 'synthetic': no images for the 'train' split: val2017 only")
+        return real_load(self, split)
+
+    monkeypatch.setattr(cls, "load", load)
+    return cfg, loads
+
+
+def test_data_free_pruners_need_no_train_split(tmp_path, no_train_split):
+    cfg, _ = no_train_split
+    stage = VariantStage(Session(cfg, tmp_path / ".cache"))
+    for method in ("magnitude", "random"):
+        variant = stage.get(_pruned_spec(cfg, method))
+        assert variant.nonzero_params < variant.num_params
+
+
+def test_a_pruner_reading_the_calibration_batch_gets_the_datasets_one_line_error(tmp_path, no_train_split):
+    from harness.errors import UserError
+
+    cfg, loads = no_train_split
+    stage = VariantStage(Session(cfg, tmp_path / ".cache"))
+    spec = _pruned_spec(cfg, "magnitude")
+    ctx = stage.prune_context(spec, stage.get(spec.parent()).model)
+    assert "train" not in loads  # nothing read before the pruner asks
+    with pytest.raises(UserError, match="no images for the 'train' split"):
+        ctx.calibration  # noqa: B018
+
+
+def test_the_calibration_batch_is_read_on_first_use_and_continues_the_generator(tmp_path):
+    import torch
+
+    cfg = load_matrix(SYNTHETIC, ['matrix.pruning_method=["random"]', "matrix.pruning_rate=[0.5]",
+                                  "matrix.cfg_scale=[1.0]", "matrix.seed=[0]"], results_dir=str(tmp_path))
+    stage = VariantStage(Session(cfg, tmp_path / ".cache"))
+    spec = _pruned_spec(cfg, "random")
+    model = stage.get(spec.parent()).model
+    train = stage.s.dataset(spec).load("train")
+    # the generator a pruner sees continues after the calibration draw, whichever it reads first
+    expected = stage.s.generator("prune", "random", spec.pruning_rate, spec.size_factor)
+    idx = torch.randperm(len(train.images), generator=expected)[:256]
+    for first in ("generator", "calibration"):
+        ctx = stage.prune_context(spec, model)
+        getattr(ctx, first)
+        assert torch.equal(ctx.calibration.images, train.images[idx])
+        assert torch.equal(ctx.generator.get_state(), expected.get_state())

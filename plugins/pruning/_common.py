@@ -262,21 +262,6 @@ def example_inputs(model: Any, ctx: Any) -> tuple[Any, ...]:
     return tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
 
 
-def denoising_loss(model: Any, ctx: Any) -> torch.Tensor:
-    """Epsilon-MSE of ``model`` on ``ctx.calibration`` at random t (from ``ctx.generator``)."""
-    import torch.nn.functional as F
-
-    batch = ctx.calibration
-    device = next(model.net.parameters()).device
-    x0 = model.encode(batch.images.to(device=device, dtype=torch.float32))
-    n = x0.shape[0]
-    t = torch.randint(0, int(model.num_timesteps), (n,), generator=ctx.generator).to(device)
-    noise = torch.randn(x0.shape, generator=ctx.generator).to(device)
-    cond = model.encode_conditions(batch.conditions)
-    x_t = model.add_noise(x0, noise, t)
-    return F.mse_loss(model.predict_noise(x_t, t, cond), noise)
-
-
 def record_info(model: Any, facts: dict[str, Any]) -> None:
     """Add JSON-able pruning facts to ``model.info`` (stored with the cached variant)."""
     info = getattr(model, "info", None)
