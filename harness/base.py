@@ -152,8 +152,8 @@ class DiffusionModel:
 
     net: Any
     sample_shape: tuple[int, int, int]
-    #: name substrings of modules that pruners leave alone by default (embeddings, output
-    #: layer); the measured ``sparsity`` column counts the weights outside them.
+    #: module paths (``net.named_modules()`` names) that pruners leave alone by default
+    #: (embeddings, output layer); the measured ``sparsity`` column counts no weight inside them.
     protected_modules: tuple[str, ...] = ()
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
@@ -404,6 +404,9 @@ class Pruner(Plugin):
     docstring of each pruner says which). ``model.net`` is modified or replaced; the
     returned model must still sample. Randomness comes only from ``ctx.generator``.
     ``removes_structure`` is True when parameters are physically removed.
+
+    ``prunable_weights(model)`` names the weights the pruner may touch; the stored
+    ``sparsity`` column is the share of zeros among them, measured on the pruned model.
     """
 
     removes_structure: ClassVar[bool] = False
@@ -414,6 +417,20 @@ class Pruner(Plugin):
 
     def prune(self, model: DiffusionModel, rate: float, ctx: PruneContext) -> DiffusionModel:
         raise NotImplementedError
+
+    def prunable_weights(self, model: DiffusionModel) -> list[torch.Tensor]:
+        """The weights of ``model`` this pruner may touch (the scope of the ``sparsity`` column).
+
+        Default: :func:`harness.prunable_weights` (conv and linear weights, attention input
+        projections) outside the model's ``protected_modules``, its net's
+        ``ignored_layers()`` and this pruner's ``protect`` option if it has one (module
+        paths, :func:`harness.in_module`). Override it when the pruner touches fewer or
+        other weights, so that a pruner removing ``rate`` of its scope stores ``rate``.
+        """
+        from harness.sizes import prunable_weights
+
+        protect = (*model.protected_modules, *(getattr(self.options, "protect", None) or ()))
+        return [ref.tensor for ref in prunable_weights(model.net, protect)]
 
 
 @dataclass

@@ -24,7 +24,7 @@ from harness.errors import CellError
 from harness.modelio import count_params
 from harness.planner import VariantSpec
 from harness.session import Session
-from harness.sizes import MACS_VERSION, measure_macs, weight_sparsity
+from harness.sizes import MACS_VERSION, measure_macs, prunable_weights, weight_sparsity
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,14 @@ def _shapes(net: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     return [(name, tuple(p.shape)) for name, p in net.named_parameters()]
 
 
-def stored_sparsity(model: DiffusionModel) -> float:
-    """The ``sparsity`` column: zeros among the weight tensors (dim >= 2) of the denoiser,
-    leaving out the modules the model protects (embeddings, output layer)."""
-    protected = model.protected_modules
-    weights = (p for name, p in model.net.named_parameters() if p.dim() >= 2 and not any(s in name for s in protected))
-    return weight_sparsity(weights)
+def stored_sparsity(model: DiffusionModel, pruner: Pruner | None = None) -> float:
+    """The ``sparsity`` column: the share of zeros among the weights ``pruner`` may touch
+    (:meth:`Pruner.prunable_weights`, its ``protect`` scope included); without a pruner
+    (teacher, students), among :func:`harness.prunable_weights` outside the model's
+    ``protected_modules``. Protected modules match by module path, not substring."""
+    if pruner is not None:
+        return weight_sparsity(pruner.prunable_weights(model))
+    return weight_sparsity(ref.tensor for ref in prunable_weights(model.net, model.protected_modules))
 
 
 class VariantStage:
@@ -123,7 +125,8 @@ class VariantStage:
         # MACs stored by an older counter (before MACS_VERSION 2 attention counted 0) are counted again
         macs = float(art.meta.get("macs", math.nan)) if art.meta.get("macs_version", 1) >= MACS_VERSION \
             else measure_macs(model)
-        variant = Variant(spec, art.key, model, num, nonzero, stored_sparsity(model), macs, art.meta)
+        pruner = None if spec.is_reference or spec.pruning_method == "none" else self.pruner(spec)
+        variant = Variant(spec, art.key, model, num, nonzero, stored_sparsity(model, pruner), macs, art.meta)
         self._loaded[spec] = variant
         return variant
 

@@ -224,7 +224,6 @@ class StructuredPruner(Pruner):
     def _importance(self, model: DiffusionModel, ctx: PruneContext) -> Any:
         import torch_pruning as tp
 
-        from plugins.pruning import _common
 
         kind = self.options.importance
         if kind == "l2":
