@@ -156,8 +156,8 @@ class DiffusionModel:
 
     net: Any
     sample_shape: tuple[int, int, int]
-    #: name substrings of modules that pruners leave alone by default (embeddings, output
-    #: layer); the measured ``sparsity`` column counts the weights outside them.
+    #: module paths (``net.named_modules()`` names) that pruners leave alone by default
+    #: (embeddings, output layer); the measured ``sparsity`` column counts no weight inside them.
     protected_modules: tuple[str, ...] = ()
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
@@ -325,24 +325,80 @@ class ModelFamily(Plugin):
         return {"name": self.name, "options": options_dict(self.options)}
 
 
-@dataclass
 class PruneContext:
     """What a pruner gets from the harness.
 
-    :ivar calibration: a batch of real images with conditions (model space, [-1, 1]).
+    :ivar calibration: a batch of real images with conditions (model space, [-1, 1]),
+        drawn from the dataset's train split on first access: a pruner that never reads
+        it (magnitude, random) works on a dataset without a train split.
     :ivar device: the torch device.
     :ivar generator: a seeded ``torch.Generator`` (on CPU) for any randomness.
     :ivar finetune: ``finetune(model, steps) -> model``, denoising-loss fine-tuning.
     :ivar example_inputs: ``(x_t, t, cond)`` tensors that ``model.net`` accepts, for
         dependency-graph tracing (torch-pruning).
+
+    ``calibration`` and ``generator`` may be given as zero-argument callables: each is
+    called once, on first access (the harness loads the train split that way).
     """
 
-    calibration: ImageBatch
-    device: Any
-    generator: Any
-    finetune: Callable[[DiffusionModel, int], DiffusionModel]
-    example_inputs: tuple[Any, ...] = ()
-    seed: int = 0
+    def __init__(
+        self,
+        calibration: ImageBatch | Callable[[], ImageBatch],
+        device: Any,
+        generator: Any,
+        finetune: Callable[[DiffusionModel, int], DiffusionModel],
+        example_inputs: tuple[Any, ...] = (),
+        seed: int = 0,
+    ) -> None:
+        self._calibration = calibration
+        self._generator = generator
+        self.device = device
+        self.finetune = finetune
+        self.example_inputs = example_inputs
+        self.seed = seed
+
+    def __repr__(self) -> str:
+        return f"PruneContext(device={self.device!r}, seed={self.seed})"
+
+    @property
+    def calibration(self) -> ImageBatch:
+        if callable(self._calibration):
+            self._calibration = self._calibration()
+        return self._calibration
+
+    @property
+    def generator(self) -> Any:
+        if callable(self._generator):
+            self._generator = self._generator()
+        return self._generator
+
+    def calibration_batches(self, batch_size: int) -> Iterator[ImageBatch]:
+        """The calibration batch in order, in slices of at most ``batch_size`` images."""
+        if int(batch_size) < 1:
+            raise ValueError(f"calibration_batches: batch_size must be >= 1, got {batch_size!r}")
+        batch = self.calibration
+        for start in range(0, len(batch.images), int(batch_size)):
+            stop = start + int(batch_size)
+            yield ImageBatch(batch.images[start:stop], batch.conditions.slice(start, stop))
+
+    def loss(self, model: DiffusionModel, batch: ImageBatch) -> torch.Tensor:
+        """The denoising loss of ``model`` on ``batch``: epsilon-MSE at random timesteps.
+
+        ``x_0 = model.encode(images)``; ``t`` uniform in ``[0, num_timesteps)`` and the
+        noise ``eps ~ N(0, I)`` are drawn from ``self.generator`` (in that order, on CPU,
+        so the loss does not depend on the device); returns the scalar
+        ``mean((predict_noise(add_noise(x_0, eps, t), t, cond) - eps)^2)`` with its graph,
+        ready for ``backward()``.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        device = next(model.net.parameters()).device
+        x0 = model.encode(batch.images.to(device=device, dtype=torch.float32))
+        t = torch.randint(0, int(model.num_timesteps), (x0.shape[0],), generator=self.generator).to(device)
+        noise = torch.randn(x0.shape, generator=self.generator).to(device)
+        cond = model.encode_conditions(batch.conditions)
+        return F.mse_loss(model.predict_noise(model.add_noise(x0, noise, t), t, cond), noise)
 
 
 class Pruner(Plugin):
@@ -352,6 +408,9 @@ class Pruner(Plugin):
     docstring of each pruner says which). ``model.net`` is modified or replaced; the
     returned model must still sample. Randomness comes only from ``ctx.generator``.
     ``removes_structure`` is True when parameters are physically removed.
+
+    ``prunable_weights(model)`` names the weights the pruner may touch; the stored
+    ``sparsity`` column is the share of zeros among them, measured on the pruned model.
     """
 
     removes_structure: ClassVar[bool] = False
@@ -362,6 +421,20 @@ class Pruner(Plugin):
 
     def prune(self, model: DiffusionModel, rate: float, ctx: PruneContext) -> DiffusionModel:
         raise NotImplementedError
+
+    def prunable_weights(self, model: DiffusionModel) -> list[torch.Tensor]:
+        """The weights of ``model`` this pruner may touch (the scope of the ``sparsity`` column).
+
+        Default: :func:`harness.prunable_weights` (conv and linear weights, attention input
+        projections) outside the model's ``protected_modules``, its net's
+        ``ignored_layers()`` and this pruner's ``protect`` option if it has one (module
+        paths, :func:`harness.in_module`). Override it when the pruner touches fewer or
+        other weights, so that a pruner removing ``rate`` of its scope stores ``rate``.
+        """
+        from harness.sizes import prunable_weights
+
+        protect = (*model.protected_modules, *(getattr(self.options, "protect", None) or ()))
+        return [ref.tensor for ref in prunable_weights(model.net, protect)]
 
 
 @dataclass

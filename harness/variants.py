@@ -24,7 +24,7 @@ from harness.errors import CellError
 from harness.modelio import count_params
 from harness.planner import VariantSpec
 from harness.session import Session
-from harness.sizes import MACS_VERSION, measure_macs, weight_sparsity
+from harness.sizes import MACS_VERSION, measure_macs, prunable_weights, weight_sparsity
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,14 @@ def _shapes(net: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     return [(name, tuple(p.shape)) for name, p in net.named_parameters()]
 
 
-def stored_sparsity(model: DiffusionModel) -> float:
-    """The ``sparsity`` column: zeros among the weight tensors (dim >= 2) of the denoiser,
-    leaving out the modules the model protects (embeddings, output layer)."""
-    protected = model.protected_modules
-    weights = (p for name, p in model.net.named_parameters() if p.dim() >= 2 and not any(s in name for s in protected))
-    return weight_sparsity(weights)
+def stored_sparsity(model: DiffusionModel, pruner: Pruner | None = None) -> float:
+    """The ``sparsity`` column: the share of zeros among the weights ``pruner`` may touch
+    (:meth:`Pruner.prunable_weights`, its ``protect`` scope included); without a pruner
+    (teacher, students), among :func:`harness.prunable_weights` outside the model's
+    ``protected_modules``. Protected modules match by module path, not substring."""
+    if pruner is not None:
+        return weight_sparsity(pruner.prunable_weights(model))
+    return weight_sparsity(ref.tensor for ref in prunable_weights(model.net, model.protected_modules))
 
 
 class VariantStage:
@@ -123,7 +125,8 @@ class VariantStage:
         # MACs stored by an older counter (before MACS_VERSION 2 attention counted 0) are counted again
         macs = float(art.meta.get("macs", math.nan)) if art.meta.get("macs_version", 1) >= MACS_VERSION \
             else measure_macs(model)
-        variant = Variant(spec, art.key, model, num, nonzero, stored_sparsity(model), macs, art.meta)
+        pruner = None if spec.is_reference or spec.pruning_method == "none" else self.pruner(spec)
+        variant = Variant(spec, art.key, model, num, nonzero, stored_sparsity(model, pruner), macs, art.meta)
         self._loaded[spec] = variant
         return variant
 
@@ -182,19 +185,36 @@ class VariantStage:
         return self.pruner(spec).prune(model, spec.pruning_rate, self.prune_context(spec, model))
 
     def prune_context(self, spec: VariantSpec, model: DiffusionModel) -> PruneContext:
+        """The pruner's context; the train split is read only when the pruner needs it.
+
+        The calibration batch is 256 random train images drawn with the pruner's generator,
+        which the pruner then continues (as before the batch became lazy, so results and
+        cached variants stay the same). A data-free pruner that only draws random numbers
+        still triggers the draw; where the train split cannot be loaded, it gets the
+        generator fresh.
+        """
         fam, ds = self.s.family(spec), self.s.dataset(spec)
-        train = ds.load("train")
         gen = self.s.generator("prune", spec.pruning_method, spec.pruning_rate, spec.size_factor)
-        n = min(len(train.images), 256)
-        idx = torch.randperm(len(train.images), generator=gen)[:n]
-        calib = ImageBatch(train.images[idx], _index_conditions(train.conditions, idx))
         ft_ctx = self.s.train_context("finetune", spec.pruning_method, spec.pruning_rate, spec.size_factor)
+
+        def calibration() -> ImageBatch:
+            train = ds.load("train")
+            idx = torch.randperm(len(train.images), generator=gen)[: min(len(train.images), 256)]
+            return ImageBatch(train.images[idx], _index_conditions(train.conditions, idx))
+
+        def generator() -> torch.Generator:
+            try:
+                ctx.calibration  # noqa: B018 (draws the calibration batch first, see above)
+            except Exception as exc:  # noqa: BLE001 (the pruner never reads the batch: it cannot fail it)
+                log.info("no calibration batch for %s (%s); the generator starts fresh", spec.pruning_method, exc)
+            return gen
 
         def finetune(m: DiffusionModel, steps: int) -> DiffusionModel:
             return fam.finetune(m, ds, int(steps), ft_ctx)
 
-        return PruneContext(calibration=calib, device=self.s.device, generator=gen, finetune=finetune,
-                            example_inputs=model.example_inputs(2), seed=self.s.seed("prune"))
+        ctx = PruneContext(calibration=calibration, device=self.s.device, generator=generator, finetune=finetune,
+                           example_inputs=model.example_inputs(2), seed=self.s.seed("prune"))
+        return ctx
 
 
 def _index_conditions(c: Conditions, idx: torch.Tensor) -> Conditions:

@@ -495,3 +495,41 @@ def test_unstructured_and_heads_on_the_real_unet(unet_family, cls):
         removed = model.info["pruning"][-1]["heads_removed"]
         assert removed and all(len(v) == 2 for v in removed.values())
     sample(model)
+
+
+def test_ctx_loss_is_the_seeded_denoising_loss():
+    model, ctx = make_model(), make_ctx(seed=3)
+    batch = ctx.calibration
+    g = torch.Generator().manual_seed(3)
+    t = torch.randint(0, model.num_timesteps, (16,), generator=g)
+    noise = torch.randn(batch.images.shape, generator=g)
+    cond = model.encode_conditions(batch.conditions)
+    expected = ((model.predict_noise(model.add_noise(batch.images, noise, t), t, cond) - noise) ** 2).mean()
+    loss = ctx.loss(model, batch)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()  # with its graph, ready for gradients
+    assert all(p.grad is not None for p in model.net.parameters() if p.requires_grad)
+    assert make_ctx(seed=3).loss(model, batch).item() == pytest.approx(loss.item())  # same seed, same loss
+
+
+def test_ctx_calibration_batches_slice_the_calibration_batch_in_order():
+    ctx = make_ctx()
+    batches = list(ctx.calibration_batches(6))
+    assert [len(b.images) for b in batches] == [6, 6, 4]
+    assert torch.equal(torch.cat([b.images for b in batches]), ctx.calibration.images)
+    assert torch.equal(torch.cat([b.conditions.labels for b in batches]), ctx.calibration.conditions.labels)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        next(ctx.calibration_batches(0))
+
+
+def test_ctx_calibration_may_be_loaded_on_first_access():
+    loads = []
+
+    def load() -> ImageBatch:
+        loads.append(1)
+        return ImageBatch(torch.zeros(2, 1, 16, 16), Conditions(labels=torch.tensor([1, 2])))
+
+    ctx = PruneContext(calibration=load, device="cpu", generator=torch.Generator(), finetune=lambda m, s: m)
+    assert loads == []
+    assert ctx.calibration.images.shape[0] == 2 and ctx.calibration.images.shape[0] == 2
+    assert loads == [1]

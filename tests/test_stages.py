@@ -103,3 +103,131 @@ def test_a_worker_runs_its_cells_with_the_runs_thread_count(tmp_path, threads):
     results = [r for unit in group_units(plan_cells(cfg)) for r in worker(unit)]
     assert {r.status for r in results} == {"ok"} and seen == [threads] * len(results)
     assert torch.get_num_threads() == before  # restored after each cell
+
+
+def _pruned_spec(cfg, method: str):  # noqa: ANN001, ANN202
+    return next(c.variant for c in plan_cells(cfg) if c.variant.pruning_method == method)
+
+
+@pytest.fixture
+def no_train_split(tmp_path, monkeypatch):  # noqa: ANN001, ANN201
+    """A synthetic matrix whose dataset has no train split (as a val-only COCO copy); yields (cfg, loads)."""
+    from harness.errors import UserError
+
+    cfg = load_matrix(SYNTHETIC, ['matrix.pruning_method=["magnitude", "random"]', "matrix.pruning_rate=[0.5]",
+                                  "matrix.cfg_scale=[1.0]", "matrix.seed=[0]"], results_dir=str(tmp_path))
+    cls = type(Session(cfg, tmp_path / ".cache").dataset())
+    loads: list[str] = []
+    real_load = cls.load
+
+    def load(self, split):  # noqa: ANN001, ANN202
+        loads.append(split)
+        if split == "train":
+            raise UserError("dataset 'synthetic': no images for the 'train' split: val2017 only")
+        return real_load(self, split)
+
+    monkeypatch.setattr(cls, "load", load)
+    return cfg, loads
+
+
+def test_data_free_pruners_need_no_train_split(tmp_path, no_train_split):
+    cfg, _ = no_train_split
+    stage = VariantStage(Session(cfg, tmp_path / ".cache"))
+    for method in ("magnitude", "random"):
+        assert stage.get(_pruned_spec(cfg, method)).sparsity == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_pruner_reading_the_calibration_batch_gets_the_datasets_one_line_error(tmp_path, no_train_split):
+    from harness.errors import UserError
+
+    cfg, loads = no_train_split
+    stage = VariantStage(Session(cfg, tmp_path / ".cache"))
+    spec = _pruned_spec(cfg, "magnitude")
+    ctx = stage.prune_context(spec, stage.get(spec.parent()).model)
+    assert "train" not in loads  # nothing read before the pruner asks
+    with pytest.raises(UserError, match="no images for the 'train' split"):
+        ctx.calibration  # noqa: B018
+
+
+def test_the_calibration_batch_is_read_on_first_use_and_continues_the_generator(tmp_path):
+    import torch
+
+    cfg = load_matrix(SYNTHETIC, ['matrix.pruning_method=["random"]', "matrix.pruning_rate=[0.5]",
+                                  "matrix.cfg_scale=[1.0]", "matrix.seed=[0]"], results_dir=str(tmp_path))
+    stage = VariantStage(Session(cfg, tmp_path / ".cache"))
+    spec = _pruned_spec(cfg, "random")
+    model = stage.get(spec.parent()).model
+    train = stage.s.dataset(spec).load("train")
+    # the generator a pruner sees continues after the calibration draw, whichever it reads first
+    expected = stage.s.generator("prune", "random", spec.pruning_rate, spec.size_factor)
+    idx = torch.randperm(len(train.images), generator=expected)[:256]
+    for first in ("generator", "calibration"):
+        ctx = stage.prune_context(spec, model)
+        getattr(ctx, first)
+        assert torch.equal(ctx.calibration.images, train.images[idx])
+        assert torch.equal(ctx.generator.get_state(), expected.get_state())
+
+
+@pytest.fixture(scope="module")
+def unet():  # noqa: ANN201
+    """A fresh (untrained) built-in UNet on digits: attention, embeddings, an output conv."""
+    import torch
+
+    from harness.registry import build_registry
+
+    reg = build_registry()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return reg.get("models", "unet", "test")().build(reg.get("datasets", "digits", "test")())
+
+
+def _fresh(model):  # noqa: ANN001, ANN202
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def test_the_example_plugins_pruner_at_0_6_stores_0_6(unet, monkeypatch):
+    from harness.variants import stored_sparsity
+
+    monkeypatch.syspath_prepend(str(REPO / "examples" / "diffbench-example-plugin"))
+    from diffbench_example.pruner import LayerMagnitudePruner
+
+    pruner = LayerMagnitudePruner()
+    model = pruner.prune(_fresh(unet), 0.6, None)
+    assert round(stored_sparsity(model, pruner), 3) == 0.600
+    # its scope leaves out the attention input projections it never prunes
+    assert stored_sparsity(model) < 0.59
+
+
+def test_stored_sparsity_follows_the_pruners_protect_scope(unet):
+    from harness.registry import build_registry
+    from harness.variants import stored_sparsity
+
+    magnitude = build_registry().get("pruners", "magnitude", "test")
+    wide = magnitude(protect=["time_embed", "class_embed", "out_conv", "down.0"])
+    model = wide.prune(_fresh(unet), 0.5, None)
+    assert stored_sparsity(model, wide) == pytest.approx(0.5, abs=1e-4)
+    assert stored_sparsity(model) < 0.49  # over the default scope the untouched down.0 counts
+    assert all(float((p != 0).float().mean()) == 1.0 for n, p in model.net.named_parameters()
+               if n.startswith("down.0.") and p.dim() >= 2)
+
+
+def test_protect_entries_match_module_paths_not_substrings():
+    from torch import nn
+
+    from harness.sizes import in_module, protected_modules
+
+    net = nn.ModuleDict({"out_conv": nn.Conv2d(1, 1, 1), "out_conv_skip": nn.Conv2d(1, 1, 1),
+                         "up": nn.ModuleDict({"out_conv": nn.Conv2d(1, 1, 1)})})
+    assert sorted(protected_modules(net, ["out_conv", "up.out_conv"])) == ["out_conv", "up.out_conv"]
+    assert in_module("up.out_conv", "up") and not in_module("upper", "up") and not in_module("up", "")
+
+
+def test_the_default_protect_paths_name_the_unets_modules(unet):
+    from harness.sizes import protected_modules
+    from plugins.pruning._common import DEFAULT_PROTECT
+
+    by_path = set(protected_modules(unet.net, DEFAULT_PROTECT))
+    by_substring = {n for n, _ in unet.net.named_modules() if n and any(p in n for p in DEFAULT_PROTECT)}
+    assert by_path == by_substring and {"time_embed", "class_embed", "out_conv"} <= by_path

@@ -11,7 +11,12 @@ project with diffbench installed a test module can check its own classes::
     class TestMyMetric(MetricContract):
         metric_cls = MyMetric
 
-Every built-in plugin runs through the same checks (``tests/test_contracts.py``). The
+Every built-in plugin runs through the same checks (``tests/test_contracts.py``); the
+list is in docs/writing_plugins.md ("Contract tests"). Each failure says what to fix:
+an unstructured pruner's sparsity off its rate, a pruned protected module, a metric
+reading a context field its ``requires`` does not name (the checks' context raises,
+:mod:`harness.testing.checks`), a plot crashing on a realistic frame, a dataset's
+labels outside ``num_classes`` or images outside [-1, 1]. The
 checks use this package's own stand-in model and dataset (``harness.testing.stand_ins``:
 no plugin needed, so they run with the built-ins blocked), need no training and no
 downloads; a metric that needs pretrained weights it cannot find is skipped with the
@@ -37,13 +42,11 @@ optional dependency).
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import functools
 import importlib
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -125,6 +128,13 @@ def fixture_model(spec: tuple[str, dict[str, Any]], image_size: int = 16) -> Any
         return family.build(tiny_dataset(image_size))
 
 
+def prune_context_for(model: Any, seed: int = 0) -> Any:
+    """The stand-in PruneContext for ``model`` (:func:`harness.testing.stand_ins.prune_context`)."""
+    from harness.testing.stand_ins import prune_context
+
+    return prune_context(model, seed)
+
+
 def _skip_if_missing_weights(exc: BaseException) -> None:
     from harness.errors import MissingFileError
 
@@ -191,10 +201,8 @@ class PrunerContract(_NameContract):
         return fixture_model(spec) if spec else tiny_model()
 
     def _prune(self, rate: float, seed: int = 0) -> tuple[Any, Any]:
-        from harness.testing.stand_ins import prune_context
-
         model = self.make_model()
-        pruned = self._cls()(**self._options()).prune(model, rate, prune_context(model, seed))
+        pruned = self._cls()(**self._options()).prune(model, rate, prune_context_for(model, seed))
         return model, pruned
 
     def test_pruned_model_still_runs(self) -> None:
@@ -218,6 +226,42 @@ class PrunerContract(_NameContract):
         _, pruned = self._prune(max(self.rates))
         after = count_params(pruned.net)
         assert after[1] < before[1], "pruning at a high rate left every parameter in place"
+
+    def test_unstructured_sparsity_is_the_rate(self) -> None:
+        from harness.sizes import weight_sparsity
+
+        if self.pruner_cls.removes_structure:
+            pytest.skip("removes structure: its rate counts channels or heads, not zeroed weights")
+        for rate in self.rates:
+            _, pruned = self._prune(rate)
+            got = weight_sparsity(self._cls()(**self._options()).prunable_weights(pruned))
+            assert abs(got - rate) <= 0.01, (
+                f"{self.pruner_cls.__name__} at rate {rate} left {got:.3f} of its prunable_weights(model) at zero: "
+                "an unstructured pruner (removes_structure = False) must zero `rate` of them; use `rate`, and "
+                "if it touches fewer weights than the default scope, override prunable_weights(model)")
+
+    def test_protected_modules_untouched(self) -> None:
+        from harness.sizes import protected_modules
+
+        model = self.make_model()
+        before = {f"{m}.{n}" if m else n: p.detach().clone()
+                  for m, mod in protected_modules(model.net, model.protected_modules).items()
+                  for n, p in mod.named_parameters(recurse=False)}
+        assert before, "the model protects no module: the check needs one"
+        ctx = prune_context_for(model)
+        ctx.finetune = lambda m, steps: m  # fine-tuning may train protected weights; pruning may not touch them
+        pruned = self._cls()(**self._options()).prune(model, max(self.rates), ctx)
+        after = dict(pruned.net.named_parameters())
+        for name, old in before.items():
+            new = after.get(name)
+            assert new is not None, f"{self.pruner_cls.__name__} removed the protected parameter {name}"
+            same = new.shape == old.shape and bool((new.detach().cpu() == old.cpu()).all())
+            # a structured pruner may shrink a protected layer's inputs, never its outputs
+            shrunk = self.pruner_cls.removes_structure and new.shape[0] == old.shape[0]
+            assert same or shrunk, (
+                f"{self.pruner_cls.__name__} changed {name}, inside the model's protected modules "
+                f"{sorted(model.protected_modules)}: leave protected modules (model.protected_modules, "
+                "net.ignored_layers(), see harness.protected_modules) untouched")
 
     def test_deterministic_given_generator(self) -> None:
         import torch
@@ -248,14 +292,18 @@ class MetricContract(_NameContract):
 
     def _compute(self, cache: Any) -> list[dict[str, Any]]:
         from harness.metric_values import normalise_metric_result
+        from harness.testing.checks import UndeclaredFieldError, strict_metric_context
         from harness.testing.stand_ins import metric_context
 
         ctx = metric_context(cache)
         spec = self._fixtures().get("model")
         if spec:  # the metric needs what the stand-in lacks (e.g. attention maps)
             ctx.model = ctx.reference_model = fixture_model(spec)
+        ctx = strict_metric_context(ctx, self.metric_cls.name, self.metric_cls.requires)
         try:
             result = self._cls()(**self._options()).compute(ctx)
+        except UndeclaredFieldError as exc:
+            pytest.fail(str(exc), pytrace=False)
         except Exception as exc:
             _skip_if_missing_weights(exc)
             raise
@@ -338,8 +386,23 @@ class DatasetContract(_NameContract):
             imgs = batch.images
             assert imgs.dim() == 4 and imgs.shape[1] == ds.channels
             assert imgs.shape[-1] == ds.image_size and imgs.shape[-2] == ds.image_size
-            assert float(imgs.min()) >= -1.0 - 1e-6 and float(imgs.max()) <= 1.0 + 1e-6
+            lo, hi = float(imgs.min()), float(imgs.max())
+            assert lo >= -1.0 - 1e-6 and hi <= 1.0 + 1e-6, (
+                f"{ds.name}: load({split!r}) images span [{lo:.3g}, {hi:.3g}]; scale them to [-1, 1] "
+                "(e.g. uint8 / 127.5 - 1)")
             assert len(batch.conditions) == imgs.shape[0]
+            self._check_labels(ds, batch.conditions, f"load({split!r})")
+
+    def _check_labels(self, ds: Any, conditions: Any, where: str) -> None:
+        labels = conditions.labels
+        if labels is None:
+            return
+        n = getattr(ds, "num_classes", None)
+        assert n, f"{ds.name}: {where} has labels but num_classes is {n!r}: set num_classes"
+        lo, hi = int(labels.min()), int(labels.max())
+        assert 0 <= lo and hi < n, (
+            f"{ds.name}: {where} has labels in [{lo}, {hi}], outside [0, num_classes = {n}): labels are "
+            "0-based class indices (the model keeps index num_classes for the null class)")
 
     def test_conditions_deterministic(self) -> None:
         import torch
@@ -348,6 +411,7 @@ class DatasetContract(_NameContract):
         a = ds.sample_conditions(20, torch.Generator().manual_seed(3))
         b = ds.sample_conditions(20, torch.Generator().manual_seed(3))
         assert len(a) == 20
+        self._check_labels(ds, a, "sample_conditions(20)")
         if a.labels is not None:
             assert torch.equal(a.labels, b.labels)
         assert a.prompts == b.prompts
@@ -364,44 +428,12 @@ class ExecutorContract(_NameContract):
     def test_runs_every_unit(self) -> None:
         # a unit derived from another's variant ("b" from "a"), handed out as a one-shot
         # iterable, as the runner hands them
-        units = [_Unit(_Variant("a"), [1, 2]), _Unit(_Variant("b", "a"), [3]), _Unit(_Variant("c"), [4, 5, 6])]
-        got = list(self._cls()(**self._options()).run(iter(units), _SquareWorker()))
+        from harness.testing.checks import SquareWorker, StandInUnit, StandInVariant
+
+        units = [StandInUnit(StandInVariant("a"), [1, 2]), StandInUnit(StandInVariant("b", "a"), [3]),
+                 StandInUnit(StandInVariant("c"), [4, 5, 6])]
+        got = list(self._cls()(**self._options()).run(iter(units), SquareWorker()))
         assert sorted(got) == [1, 4, 9, 16, 25, 36]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Variant:
-    """A stand-in variant: hashable, with the ``parent()`` executors schedule by."""
-
-    name: str
-    parent_name: str | None = None
-
-    def parent(self) -> _Variant | None:
-        return None if self.parent_name is None else _Variant(self.parent_name)
-
-
-@dataclasses.dataclass
-class _Unit:
-    variant: _Variant
-    cells: list[int]
-
-    @property
-    def name(self) -> str:
-        return self.variant.name
-
-
-class _SquareWorker:
-    """A stand-in worker (the ``harness.Worker`` protocol, picklable): squares each cell."""
-
-    device = "cpu"
-    identity = "harness.testing.square"
-
-    def __call__(self, unit: _Unit) -> Iterator[int]:
-        for x in unit.cells:
-            yield x * x
-
-    def error_results(self, unit: _Unit, message: str, duration: float = 0.0) -> list[Any]:
-        return [f"error: {message}" for _ in unit.cells]
 
 
 class PlotContract(_NameContract):
@@ -419,6 +451,19 @@ class PlotContract(_NameContract):
 
         df = pd.DataFrame({c: [] for c in COLUMNS})
         assert self._cls()(**self._options()).draw(df, tmp_path) == []
+
+    def test_draws_on_a_realistic_frame(self, tmp_path: Path) -> None:
+        from harness.testing.checks import realistic_frame
+
+        try:
+            paths = self._cls()(**self._options()).draw(realistic_frame(), tmp_path)
+        except Exception as exc:  # noqa: BLE001 (any crash is the finding)
+            pytest.fail(f"{self.plot_cls.__name__}.draw crashed on a frame with every schema column, several "
+                        f"variants and seeds, NaN values, a missing metric and an error row: {type(exc).__name__}: "
+                        f"{exc}. Draw what the frame holds, skip what it lacks (return [] when nothing)",
+                        pytrace=False)
+        missing = [p for p in paths if not Path(p).exists()]
+        assert not missing, f"{self.plot_cls.__name__}.draw returned paths it did not write: {missing}"
 
 
 CONTRACTS = {

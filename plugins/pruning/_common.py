@@ -1,17 +1,20 @@
 """Shared helpers of the built-in pruners: scope, protection, masks and measurement.
 
-Scope of the unstructured pruners ("prunable weights"): the ``weight`` of every
+Scope of the unstructured pruners ("prunable weights", :func:`harness.prunable_weights`,
+also the scope the stored ``sparsity`` is measured over): the ``weight`` of every
 ``Conv1d/2d/ConvTranspose2d`` and ``Linear`` module (this includes the ``out_proj`` of
 ``nn.MultiheadAttention``) and the input projection of every ``nn.MultiheadAttention``
 (``in_proj_weight``, or ``q/k/v_proj_weight`` when key/value widths differ or heads were
 removed, see ``harness.attention``), minus the protected modules. Biases, norms and
 embeddings are never pruned.
 
-Protection: a module is protected when its qualified name (``net.named_modules()``)
-contains one of the ``protect`` substrings (default: ``time_embed``, ``class_embed``,
-``out_conv``: the time and class embeddings and the output conv), or when the network
-lists it in ``net.ignored_layers()`` (the built-in UNet does); everything inside a
-protected module is protected too. Unstructured pruners leave protected weights
+Protection (:func:`harness.protected_modules`): a module is protected when its qualified
+name (``net.named_modules()``) is one of the ``protect`` paths or lies inside one
+(``out_conv`` protects ``out_conv`` and ``out_conv.x``, not ``up.out_conv_skip``;
+default: ``time_embed``, ``class_embed``, ``out_conv``: the time and class embeddings and
+the output conv of the built-in UNet), or when the network lists it in
+``net.ignored_layers()`` (the built-in UNet and the diffusers wrapper do); everything
+inside a protected module is protected too. Unstructured pruners leave protected weights
 untouched; the structured pruner keeps their output channels (their input channels may
 shrink with the layer that feeds them, which the output conv needs). The image channels
 (the in-channels of the first conv) are never removed: they are the network's input,
@@ -26,29 +29,28 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from harness import ConfigError
+from harness import ConfigError, WeightRef, in_module
+from harness import protected_modules as harness_protected_modules
+from harness import prunable_weights as harness_prunable_weights
 from harness import weight_sparsity as harness_weight_sparsity
 
 log = logging.getLogger(__name__)
 
-#: name substrings protected by default: time/class embeddings and the output conv
+#: module paths protected by default: time/class embeddings and the output conv
 DEFAULT_PROTECT: tuple[str, ...] = ("time_embed", "class_embed", "out_conv")
-
-_CONV_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear)
-
 
 def protect_field() -> Any:
     """The ``protect`` option shared by every built-in pruner (a dataclass field)."""
     return field(
         default_factory=lambda: list(DEFAULT_PROTECT),
-        metadata={"help": "module-name substrings never pruned (embeddings, output conv by default)"},
+        metadata={"help": "module paths never pruned, with everything inside them (embeddings, output conv by default)"},
     )
 
 
@@ -72,62 +74,27 @@ _WARNED: set[tuple[str, str]] = set()
 def protected_modules(
     net: nn.Module, protect: Iterable[str] = DEFAULT_PROTECT, *, warn: bool = False
 ) -> dict[str, nn.Module]:
-    """Every protected module of ``net`` (name -> module), submodules included.
+    """Every protected module of ``net`` (name -> module), submodules included
+    (:func:`harness.protected_modules`: ``protect`` paths and ``net.ignored_layers()``).
 
-    :param warn: log a warning for each ``protect`` pattern that matches no module.
+    :param warn: log a warning for each ``protect`` path that names no module.
     """
-    patterns = [p for p in protect if p]
-    declared: set[int] = set()
-    ignored = getattr(net, "ignored_layers", None)
-    if callable(ignored):
-        for m in ignored():
-            declared.update(id(sub) for sub in m.modules())
-    out: dict[str, nn.Module] = {}
-    used: set[str] = set()
-    for name, module in net.named_modules():
-        hits = [p for p in patterns if p in name]
-        used.update(hits)
-        if hits or id(module) in declared:
-            out[name] = module
-    for p in patterns:
-        if warn and p not in used and (p, type(net).__name__) not in _WARNED:
-            _WARNED.add((p, type(net).__name__))  # once per process, not once per pruned variant
-            log.warning("pruning: protect pattern %r matches no module of %s", p, type(net).__name__)
-    return out
-
-
-@dataclass(frozen=True)
-class WeightRef:
-    """One prunable weight: ``getattr(module, attr)``, called ``name`` in the state dict."""
-
-    name: str
-    module: nn.Module
-    attr: str
-
-    @property
-    def tensor(self) -> torch.Tensor:
-        return getattr(self.module, self.attr)
+    if warn:
+        names = [name for name, _ in net.named_modules()]
+        for p in protect:
+            if p and not any(in_module(n, p) for n in names) and (p, type(net).__name__) not in _WARNED:
+                _WARNED.add((p, type(net).__name__))  # once per process, not once per pruned variant
+                log.warning("pruning: protect path %r names no module of %s", p, type(net).__name__)
+    return harness_protected_modules(net, protect)
 
 
 def prunable_weights(
     net: nn.Module, protect: Iterable[str] = DEFAULT_PROTECT, *, warn: bool = False
 ) -> list[WeightRef]:
-    """The prunable weights of ``net`` in module order (see the module docstring)."""
-    protected = {id(m) for m in protected_modules(net, protect, warn=warn).values()}
-    refs: list[WeightRef] = []
-    for name, module in net.named_modules():
-        if id(module) in protected:
-            continue
-        prefix = f"{name}." if name else ""
-        if isinstance(module, _CONV_LINEAR):
-            if isinstance(getattr(module, "weight", None), torch.Tensor):
-                refs.append(WeightRef(prefix + "weight", module, "weight"))
-        elif isinstance(module, nn.MultiheadAttention):
-            attrs = ("in_proj_weight",) if module._qkv_same_embed_dim else ("q_proj_weight", "k_proj_weight", "v_proj_weight")
-            for attr in attrs:
-                if isinstance(getattr(module, attr, None), torch.Tensor):
-                    refs.append(WeightRef(prefix + attr, module, attr))
-    return refs
+    """The prunable weights of ``net`` in module order (:func:`harness.prunable_weights`)."""
+    if warn:
+        protected_modules(net, protect, warn=True)
+    return harness_prunable_weights(net, protect)
 
 
 def resolve(net: nn.Module, names: Sequence[str]) -> list[WeightRef]:
@@ -260,21 +227,6 @@ def example_inputs(model: Any, ctx: Any) -> tuple[Any, ...]:
         inputs = tuple(make())
     device = next(model.net.parameters()).device
     return tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
-
-
-def denoising_loss(model: Any, ctx: Any) -> torch.Tensor:
-    """Epsilon-MSE of ``model`` on ``ctx.calibration`` at random t (from ``ctx.generator``)."""
-    import torch.nn.functional as F
-
-    batch = ctx.calibration
-    device = next(model.net.parameters()).device
-    x0 = model.encode(batch.images.to(device=device, dtype=torch.float32))
-    n = x0.shape[0]
-    t = torch.randint(0, int(model.num_timesteps), (n,), generator=ctx.generator).to(device)
-    noise = torch.randn(x0.shape, generator=ctx.generator).to(device)
-    cond = model.encode_conditions(batch.conditions)
-    x_t = model.add_noise(x0, noise, t)
-    return F.mse_loss(model.predict_noise(x_t, t, cond), noise)
 
 
 def record_info(model: Any, facts: dict[str, Any]) -> None:

@@ -101,8 +101,8 @@ class StructuredPruner(Pruner):
     input image channels are never removed. ``importance``: ``l2`` / ``l1`` group weight
     norms (torch-pruning ``MagnitudeImportance``), ``random`` (scores from
     ``ctx.generator``: same generator state, same channels), or ``taylor`` (first-order
-    Taylor |w * grad| of the denoising loss on ``ctx.calibration`` at random t from
-    ``ctx.generator``). Needs ``ctx.example_inputs = (x_t, t, cond)`` (or the model's
+    Taylor |w * grad| of ``ctx.loss(model, ctx.calibration)``, the denoising loss at
+    random t from ``ctx.generator``). Needs ``ctx.example_inputs = (x_t, t, cond)`` (or the model's
     ``example_inputs()``) for tracing. The network is pruned in place; a cached variant
     round-trips through ``harness.modelio`` (shapes are recorded per layer). A network
     whose heads ``attention_heads`` already removed is refused with a clear error
@@ -224,7 +224,6 @@ class StructuredPruner(Pruner):
     def _importance(self, model: DiffusionModel, ctx: PruneContext) -> Any:
         import torch_pruning as tp
 
-        from plugins.pruning import _common
 
         kind = self.options.importance
         if kind == "l2":
@@ -235,7 +234,7 @@ class StructuredPruner(Pruner):
             return _GeneratorImportance(ctx.generator)
         # taylor: gradients of the denoising loss on the calibration batch
         model.net.zero_grad(set_to_none=True)
-        _common.denoising_loss(model, ctx).backward()
+        ctx.loss(model, ctx.calibration).backward()
         return tp.importance.TaylorImportance()
 
 
