@@ -113,7 +113,7 @@ def test_list_one_plugin_in_full(capsys):
     assert out.startswith("magnitude (pruners)\n\n")
     assert inspect.cleandoc(MagnitudePruner.__doc__) in out  # the whole docstring, not its first line
     assert ("options:\n  protect: list[str] = ['time_embed', 'class_embed', 'out_conv']\n"
-            "      module-name substrings never pruned (embeddings, output conv by default)\n") in out
+            "      module paths never pruned, with everything inside them (embeddings, output conv by default)\n") in out
     assert "class: plugins.pruning.magnitude.MagnitudePruner\n" in out
     assert f"distribution: diffbench {harness.__version__}\nentry point: pruning\n" in out
     assert "│" not in out  # no table
