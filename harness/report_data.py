@@ -1,8 +1,9 @@
 """What ``bench report`` says about a results folder, gathered before any rendering.
 
 :func:`collect` reads the fragments under a path and, per benchmark, gathers the runs and
-their manifests, the summary table with confidence intervals, the failed cells and the
-figures of every plot plugin (drawn into ``<out>/figures/``). The result, a :class:`Report`,
+their manifests, the summary table with confidence intervals, the compact per-metric
+tables of variants by CFG scale (:func:`compare_tables`), the failed cells and the figures
+of every plot plugin (drawn into ``<out>/figures/``). The result, a :class:`Report`,
 is plain data: :mod:`harness.report_render` turns it into Markdown or HTML.
 
 Confidence intervals are Student t intervals over seeds, ``mean ± t(0.975, n - 1) *
