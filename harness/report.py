@@ -1,19 +1,25 @@
 """``bench report``: one readable document (Markdown or HTML) of a results folder.
 
-For every benchmark under the folder the report gives the runs' manifest facts (run
-ids, matrix file, device, versions, git commit, start and end, cells ok / failed), the
-summary table of ``bench results`` (:func:`harness.tables.summarize`: per variant and CFG
-scale, the mean over seeds with its 95% confidence interval, the s.d. and the number of
-values, and the mean paired delta to the reference with its interval), the failed cells
-with their error messages, and the figures of every plot plugin that applies, drawn into
-``<out>/figures/``. A plot that raises is listed with its error; the others still run
-(``bench report`` then names it in one line on stderr and exits with code 1, as ``bench plot``).
+For every benchmark under the folder the report leads with what a reader compares: per
+metric, one compact table of the variants (rows) by CFG scale (columns), each entry the
+mean over seeds with its 95% confidence interval, the best entry of each column marked
+(bold; in HTML also the class ``best``), and the metric's figure beside it
+(:func:`harness.report_data.compare_tables`). Then come the failed cells with their error
+messages, the figures, the runs' manifest facts (run ids, matrix file, device, versions,
+git commit, start and end, cells ok / failed) and, as an appendix, the summary table of
+``bench results`` (:func:`harness.tables.summarize`: per variant and CFG scale, the mean
+over seeds with its 95% confidence interval, the s.d. and the number of values, and the
+mean paired delta to the reference with its interval). The figures are those of every
+plot plugin that applies, drawn into ``<out>/figures/``. A plot that raises is listed
+with its error; the others still run (``bench report`` then names it in one line on
+stderr and exits with code 1, as ``bench plot``).
 
 The Markdown report links the figures by relative path (keep ``report.md`` and
 ``figures/`` together); the HTML report is one self-contained file: the images are
 embedded as base64 ``data:`` URIs, text outputs (``pruning_summary``) are inlined, and
-only other data files (``pruning_json``'s JSON) are linked. Its tables sort by a click
-on a column header (a small inline script; nothing is fetched from the network).
+only other data files (``pruning_json``'s JSON) are linked. Its long tables (runs,
+summary, failed cells) sort by a click on a column header (a small inline script;
+nothing is fetched from the network).
 
 Two steps, one module each: :mod:`harness.report_data` gathers the facts and statistics
 (:func:`collect`), :mod:`harness.report_render` renders them through the jinja2

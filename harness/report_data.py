@@ -1,8 +1,9 @@
 """What ``bench report`` says about a results folder, gathered before any rendering.
 
 :func:`collect` reads the fragments under a path and, per benchmark, gathers the runs and
-their manifests, the summary table with confidence intervals, the failed cells and the
-figures of every plot plugin (drawn into ``<out>/figures/``). The result, a :class:`Report`,
+their manifests, the summary table with confidence intervals, the compact per-metric
+tables of variants by CFG scale (:func:`compare_tables`), the failed cells and the figures
+of every plot plugin (drawn into ``<out>/figures/``). The result, a :class:`Report`,
 is plain data: :mod:`harness.report_render` turns it into Markdown or HTML.
 
 Confidence intervals are Student t intervals over seeds, ``mean ± t(0.975, n - 1) *
@@ -90,6 +91,25 @@ class SummaryTable:
 
 
 @dataclass
+class CompareTable:
+    """One metric's variants (rows) by CFG scale (columns): the mean over seeds ± its 95%
+    interval per entry, the best entry of each column marked."""
+
+    metric: str
+    #: True / False: which way is better (marks the best); None: descriptive, nothing marked
+    higher_is_better: bool | None
+    columns: list[str]
+    #: ``(variant label, entries)``, teacher / reference first
+    rows: list[tuple[str, list[str]]]
+    #: ``best[i][j]``: row i holds the best entry of column j
+    best: list[list[bool]]
+    #: group columns the same on every row, ``"steps=4, sampler=ddim"``
+    caption: str | None
+    #: the figure drawn for this metric (a file of ``BenchmarkSection.plots``), if any
+    figure: Path | None = None
+
+
+@dataclass
 class BenchmarkSection:
     """Everything the report says about one benchmark."""
 
@@ -101,6 +121,8 @@ class BenchmarkSection:
     diagnostics: list[str]
     failed: list[FailedCell]
     plots: list[PlotOutcome]
+    #: per metric, the compact table the report leads with
+    compare: list[CompareTable] = field(default_factory=list)
 
 
 @dataclass
@@ -196,7 +218,10 @@ def _section(name: str, df: pd.DataFrame, with_ref: pd.DataFrame, runs: list[Run
     # are figures, not table rows.
     diagnostic = sorted(map(str, df.loc[df["blob"].notna(), "metric"].unique())) if "blob" in df else []
     table_rows = with_ref[~with_ref["metric"].astype(str).isin(diagnostic)]
-    summary = _plain_table(_summarize(table_rows)) if len(table_rows) else SummaryTable([], [], [], None)
+    stats = _summarize(table_rows) if len(table_rows) else None
+    summary = _plain_table(stats) if stats is not None else SummaryTable([], [], [], None)
+    plots = _draw_plots(df, registry, fig_dir)
+    figures = [f for p in plots for f in p.files if f.suffix.lower() in _FIGURE_TYPES]
     return BenchmarkSection(
         name=name,
         runs=runs,
@@ -205,7 +230,8 @@ def _section(name: str, df: pd.DataFrame, with_ref: pd.DataFrame, runs: list[Run
         summary=summary,
         diagnostics=diagnostic,
         failed=_failed_cells(df),
-        plots=_draw_plots(df, registry, fig_dir),
+        plots=plots,
+        compare=compare_tables(stats, figures) if stats is not None else [],
     )
 
 
@@ -288,6 +314,105 @@ def _plain_table(summary: pd.DataFrame) -> SummaryTable:
     return SummaryTable(headers, right, rows, caption, few)
 
 
+# ----------------------------------------------------------------------------- compact tables
+
+#: image files that can stand beside a metric's table
+_FIGURE_TYPES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
+#: what variants are ordered by: the reference, students, pruned variants, pruned students
+_ROLE_ORDER = {"reference": 0, "student": 1, "pruned": 2, "pruned_student": 3}
+#: columns that say what a variant is (labelled by the role, not as ``key=value``)
+_VARIANT_COLUMNS = ("role", "size_factor", "pruning_method", "pruning_rate")
+
+
+def compare_tables(summary: pd.DataFrame, figures: Sequence[Path] = ()) -> list[CompareTable]:
+    """Per metric of :func:`_summarize`'s ``summary``, variants by CFG scale.
+
+    A variant is a row's group columns but ``cfg_scale`` (role, size factor, pruning method
+    and rate, and any other column that varies: swept options, sampler, steps, ...). The
+    best entry of a column is the largest (higher is better) or smallest mean, ties all
+    marked; the figure is the first of ``figures`` whose file stem is the metric's name or
+    ends with ``_<metric>``.
+    """
+    stats = {*_STATS, "delta_std", "delta_n", "benchmark", "cfg_scale"}
+    groups = [c for c in summary.columns if c not in stats]
+    tables = []
+    for metric, part in summary.groupby(summary["metric"].astype(str), sort=True):
+        part = part.reset_index(drop=True)
+        shown = [c for c in groups if c not in _VARIANT_COLUMNS and part[c].nunique(dropna=False) > 1]
+        constant = [c for c in groups if c not in _VARIANT_COLUMNS and c not in shown and part[c].notna().all()]
+        caption = ", ".join(f"{c}={_fmt(part[c].iloc[0])}" for c in constant) or None
+        hib = part["higher_is_better"].dropna()
+        higher = bool(hib.iloc[0]) if len(hib) else None
+        cfgs = sorted(part["cfg_scale"].dropna().unique()) if "cfg_scale" in part else []
+        columns = [f"CFG {_fmt(float(c))}" for c in cfgs] or ["all"]
+        rows: dict[tuple[Any, ...], tuple[str, list[Any], tuple[Any, ...]]] = {}
+        for r in part.to_dict("records"):
+            key = tuple(str(r.get(c)) for c in groups)
+            label = _variant_label(r, shown)
+            j = cfgs.index(r["cfg_scale"]) if cfgs and not _missing(r.get("cfg_scale")) else 0
+            rows.setdefault(key, (label, [None] * len(columns), _variant_order(r, shown)))[1][j] = r
+        ordered = sorted(rows.values(), key=lambda v: v[2])
+        best = _best([cells for _l, cells, _o in ordered], higher)
+        entries = [(label, [_with_ci(r["mean"], r["std"], r["n"], note=" (n=1)") if r else "-" for r in cells])
+                   for label, cells, _o in ordered]
+        tables.append(CompareTable(metric, higher, columns, entries, best, caption, _figure_of(metric, figures)))
+    return tables
+
+
+def _missing(v: Any) -> bool:
+    import pandas as pd
+
+    return v is None or (not isinstance(v, (list, tuple, dict)) and bool(pd.isna(v)))
+
+
+def _variant_label(r: dict[str, Any], shown: Sequence[str]) -> str:
+    """``teacher (reference)``, ``student 0.5``, ``magnitude rate 0.3``, ``... + sampler=ddim``."""
+    size, method = r.get("size_factor"), r.get("pruning_method")
+    parts = []
+    if str(r.get("role")) == "reference":
+        parts.append("teacher (reference)")
+    if not _missing(size):
+        parts.append(f"student {_fmt(float(size))}")
+    if not _missing(method) and str(method) != "none":
+        rate = r.get("pruning_rate")
+        parts.append(f"{method}" + ("" if _missing(rate) else f" rate {_fmt(float(rate))}"))
+    parts += [f"{c.rsplit('.', 1)[-1]}={_fmt(r.get(c))}" for c in shown if not _missing(r.get(c))]
+    return " + ".join(parts) or "-"
+
+
+def _variant_order(r: dict[str, Any], shown: Sequence[str]) -> tuple[Any, ...]:
+    """Reference, students from the largest, pruned variants by method and rate, then the rest."""
+    size, rate = r.get("size_factor"), r.get("pruning_rate")
+    return (_ROLE_ORDER.get(str(r.get("role")), 9), -(0.0 if _missing(size) else float(size)),
+            str(r.get("pruning_method")), 0.0 if _missing(rate) else float(rate),
+            tuple((0, float(v)) if isinstance(v, (int, float)) and not _missing(v) else (1, str(v))
+                  for v in (r.get(c) for c in shown)))
+
+
+def _best(rows: list[list[dict[str, Any] | None]], higher: bool | None) -> list[list[bool]]:
+    """``best[i][j]``: entry (i, j) has the column's best mean (every tie marked)."""
+    marks = [[False] * len(cells) for cells in rows]
+    if higher is None or not rows:
+        return marks
+    for j in range(len(rows[0])):
+        means = [float(cells[j]["mean"]) if cells[j] and cells[j]["n"] else math.nan for cells in rows]
+        valid = [m for m in means if not math.isnan(m)]
+        if valid:
+            top = max(valid) if higher else min(valid)
+            for i, m in enumerate(means):
+                marks[i][j] = m == top
+    return marks
+
+
+def _figure_of(metric: str, figures: Sequence[Path]) -> Path | None:
+    """The first figure named after ``metric`` (``<metric>.png``, ``compare_<metric>.png``)."""
+    name = metric.removesuffix(" (mean over t)")
+    for f in figures:
+        if f.stem == name or f.stem.endswith("_" + name):
+            return f
+    return None
+
+
 def _failed_cells(df: pd.DataFrame) -> list[FailedCell]:
     """One entry per failed cell (a cell has a row per metric), its distinct messages once."""
     err = df[df["status"].astype(str) == "error"]
@@ -324,5 +449,5 @@ def _draw_plots(df: pd.DataFrame, registry: Any, fig_dir: Path) -> list[PlotOutc
     return list(outcomes.values())
 
 
-__all__ = ["BenchmarkSection", "FailedCell", "PlotOutcome", "Report", "RunFacts", "SummaryTable", "ci_halfwidth",
-           "collect"]
+__all__ = ["BenchmarkSection", "CompareTable", "FailedCell", "PlotOutcome", "Report", "RunFacts", "SummaryTable", "ci_halfwidth",
+           "collect", "compare_tables"]

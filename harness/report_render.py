@@ -27,7 +27,14 @@ from urllib.parse import quote
 
 import jinja2
 
-from harness.report_data import BenchmarkSection, PlotOutcome, Report, RunFacts
+from harness.report_data import (
+    BenchmarkSection,
+    CompareTable,
+    PlotOutcome,
+    Report,
+    RunFacts,
+)
+from harness.tables import ARROWS
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,14 @@ SUMMARY_TEXT = (
     "the number of values; Δ vs reference is the mean paired difference to the reference model's value on the "
     "same seed, ± its 95% interval. Per-step metrics are averaged over their timesteps."
 )
+COMPARE_TEXT = (
+    "Per metric, the variants (rows: the teacher or reference, students from the largest, pruned variants by "
+    "method and rate, then any other setting that varies) at each CFG scale (columns): the mean over seeds ± "
+    "the half-width of its 95% confidence interval (“(n=1)”: a single value, no interval). The best entry of "
+    "each column is in bold (↑ higher is better, ↓ lower is better; the reference included; none for a metric "
+    "without a direction). The figure drawn for the metric, when there is one, stands beside its table. The "
+    "appendix holds every row of the summary."
+)
 FEW_VALUES_TEXT = ("Rows marked “n < 2, no CI” rest on a single value (one seed), so they have no confidence "
                    "interval; sweep more seeds (matrix.seed) to get one.")
 
@@ -66,6 +81,18 @@ class Figure:
 
 
 @dataclass
+class CompareView:
+    """One metric's compact table, with its heading, anchor and figure."""
+
+    table: CompareTable
+    #: ``"synthetic_quality ↑"``
+    title: str
+    #: the HTML id of the table's heading
+    anchor: str
+    figure: Figure | None
+
+
+@dataclass
 class BenchmarkView:
     """One benchmark's section with what both templates show prepared once."""
 
@@ -80,6 +107,9 @@ class BenchmarkView:
     failed_plots: list[PlotOutcome]
     #: plots that ran but drew nothing for these results
     not_applicable: list[str]
+    compare: list[CompareView]
+    #: figures shown beside a compact table: path -> its view (HTML embeds each image once)
+    beside: dict[Path, CompareView]
 
 
 def render_markdown(report: Report) -> str:
@@ -98,6 +128,7 @@ def _render(template: str, report: Report) -> str:
         benchmarks=[_view(report, b) for b in report.benchmarks],
         created=_when(report.created.isoformat()),
         summary_text=SUMMARY_TEXT,
+        compare_text=COMPARE_TEXT,
         few_values_text=FEW_VALUES_TEXT,
         code_facts=CODE_FACTS,
         run_right=RUN_RIGHT,
@@ -124,6 +155,8 @@ def _view(report: Report, b: BenchmarkSection) -> BenchmarkView:
     headers, rows = run_rows(b.runs)
     seconds = [_seconds(r) if r.get("end_time") else "" for r in b.runs]
     figures = [(p, [_figure(report, f) for f in p.files]) for p in b.plots if p.files]
+    compare = [CompareView(t, t.metric + ARROWS.get(t.higher_is_better, ""), _anchor(f"{b.name}-{t.metric}", "m-"),
+                           _figure(report, t.figure) if t.figure else None) for t in b.compare]
     return BenchmarkView(
         section=b,
         run_headers=headers,
@@ -134,6 +167,8 @@ def _view(report: Report, b: BenchmarkSection) -> BenchmarkView:
         figures=figures,
         failed_plots=[p for p in b.plots if p.error],
         not_applicable=[p.name for p in b.plots if not p.error and not p.files],
+        compare=compare,
+        beside={c.figure.path: c for c in compare if c.figure},
     )
 
 
@@ -279,8 +314,8 @@ def _link(target: str) -> str:
     return quote(target, safe="/:#")
 
 
-def _anchor(name: str) -> str:
-    return "b-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+def _anchor(name: str, prefix: str = "b-") -> str:
+    return prefix + "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
 
 
 def _data_uri(path: Path) -> str | None:
@@ -293,4 +328,4 @@ def _data_uri(path: Path) -> str | None:
     return f"data:{IMAGE_TYPES[path.suffix.lower()]};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-__all__ = ["FEW_VALUES_TEXT", "SUMMARY_TEXT", "facts", "render_html", "render_markdown", "run_rows"]
+__all__ = ["COMPARE_TEXT", "FEW_VALUES_TEXT", "SUMMARY_TEXT", "facts", "render_html", "render_markdown", "run_rows"]

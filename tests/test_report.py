@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import re
 import subprocess
@@ -165,6 +166,7 @@ def test_html_report_is_one_file_with_images_as_data_uris(html_report):
     # the tables are HTML tables, sortable by an inline script (nothing fetched), the error
     # messages are in them, escaped
     assert text.count('<table class="sortable">') == 3  # runs, summary, failed cells
+    assert text.count('<table class="compare">') == 2  # one compact table per metric: flaky, synthetic_quality
     assert "<th class=num>mean ± 95% CI</th>" in text and "<th class=num>Δ vs reference ± 95% CI</th>" in text
     scripts = re.findall(r"<script>(.*?)</script>", text, re.S)
     assert len(scripts) == 1 and 'querySelectorAll("table.sortable")' in scripts[0]
@@ -207,10 +209,12 @@ def test_html_report_parses_and_has_every_section(html_report):
     page.feed(html_report.read_text())
     page.close()
     assert page.open == []
-    assert [t for h, t in page.headings if h != "h4"] == ["synthetic", "Runs", "Summary", "Failed cells", "Figures"]
-    assert {"pruning_curves", "pruning_pareto", "pruning_summary", "pruning_json"} <= {
-        t for h, t in page.headings if h == "h4"}
-    assert (page.counts["style"], page.counts["script"], page.counts["table"], page.counts["dl"]) == (1, 1, 3, 1)
+    assert [t for h, t in page.headings if h != "h4"] == ["synthetic", "Comparison", "Failed cells", "Figures", "Runs",
+                                                          "Appendix: summary of every row"]
+    h4 = [t for h, t in page.headings if h == "h4"]
+    assert h4[:2] == ["flaky ↑", "synthetic_quality ↑"]  # the compact tables lead
+    assert {"pruning_curves", "pruning_pareto", "pruning_summary", "pruning_json"} <= set(h4)
+    assert (page.counts["style"], page.counts["script"], page.counts["table"], page.counts["dl"]) == (1, 1, 5, 1)
 
 
 def _no_plots(results: Path, out: Path, mp: pytest.MonkeyPatch) -> report.Report:
@@ -274,6 +278,14 @@ window.addEventListener("load", function () {
       images: images.length,
       decoded: images.filter(function (img) { return img.naturalWidth > 0 && img.naturalHeight > 0; }).length,
       tables: document.querySelectorAll("table").length, rows: document.querySelectorAll("tbody tr").length,
+      compare: document.querySelectorAll("table.compare").length,
+      best: document.querySelectorAll("table.compare td.best").length,
+      bold: Array.prototype.filter.call(document.querySelectorAll("table.compare td.best"), function (td) {
+        return parseInt(getComputedStyle(td.firstElementChild).fontWeight, 10) >= 600;
+      }).length,
+      beside: Array.prototype.filter.call(document.querySelectorAll("div.compare img"), function (img) {
+        return img.naturalWidth > 0;
+      }).length,
       before: before, ascending: ascending, descending: descending,
       sort: summary.tHead.rows[0].cells[col].getAttribute("aria-sort")
     });
@@ -296,7 +308,6 @@ def test_html_report_renders_in_headless_chromium(html_report, tmp_path):
     )
     found = re.search(r"<title>(.*?)</title>", proc.stdout, re.S)
     assert found, proc.stderr[-2000:]
-    import html
     import json
 
     title = html.unescape(found.group(1))
@@ -305,8 +316,11 @@ def test_html_report_renders_in_headless_chromium(html_report, tmp_path):
     source = html_report.read_text()
     assert seen["images"] == source.count("<img ") > 0
     assert seen["decoded"] == seen["images"]  # every embedded PNG decodes to a real image
-    assert seen["tables"] == source.count("<table") == 3
-    assert seen["rows"] == source.count("<tr>") - 3  # every body row is rendered
+    assert seen["tables"] == source.count("<table") == 5  # runs, summary, failed cells + 2 compact tables
+    assert seen["rows"] == source.count("<tr>") - 5  # every body row is rendered (one head row per table)
+    assert seen["compare"] == 2 and seen["best"] == source.count('<td class="num best">') == 3
+    assert seen["bold"] == seen["best"]  # the best entries are shown in bold
+    assert seen["beside"] == 2  # each compact table's figure decoded beside it
     assert seen["ascending"] == sorted(seen["before"]) and seen["descending"] == sorted(seen["before"], reverse=True)
     assert seen["sort"] == "descending"
 
@@ -341,6 +355,142 @@ def test_confidence_intervals_over_seeds(tmp_path, monkeypatch):
             assert d_half != half  # paired: the interval of the differences, not of the values
     assert report.ci_halfwidth(1.0, 1) != report.ci_halfwidth(1.0, 1)  # NaN: no interval from one value
     assert report.ci_halfwidth(2.0, 4) == pytest.approx(stats.t.ppf(0.975, 3) * 2.0 / 2.0)
+
+
+# ----------------------------------------------------------------------------- compact tables
+
+#: the variants of ``swept`` in the order the compact tables list them
+SWEPT_ROWS = ["teacher (reference)",
+              'magnitude rate 0.3 + protect=["out_conv"]', 'magnitude rate 0.3 + protect=["time_embed"]',
+              'magnitude rate 0.6 + protect=["out_conv"]', 'magnitude rate 0.6 + protect=["time_embed"]',
+              "random rate 0.3", "random rate 0.6"]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> Path:
+    """Reference, magnitude (a swept option) and random at two rates, two CFG scales, two seeds:
+    28 cells of a higher-is-better (synthetic_quality) and a lower-is-better (generation_time) metric."""
+    root = tmp_path_factory.mktemp("swept")
+    overrides = ['matrix.pruning_method=["none", "magnitude", "random"]', "matrix.pruning_rate=[0.3, 0.6]",
+                 "matrix.cfg_scale=[1.0, 3.0]", "matrix.seed=[0, 1]",
+                 'matrix."pruners.magnitude.protect"=[["time_embed"], ["out_conv"]]']
+    summary = runner.run(SYNTHETIC, overrides, results_dir=str(root), stream=io.StringIO(), interactive=False)
+    assert (summary.ok, summary.error) == (28, 0)
+    return root
+
+
+def _expected_entries(swept: Path, metric: str) -> dict[tuple[str, float], tuple[float, str]]:
+    """``(variant label, cfg) -> (mean, entry text)`` computed from the stored rows, not by the report."""
+    import numpy as np
+    from scipy import stats
+
+    from harness import load_results
+
+    df = load_results(swept)
+    df = df[df["metric"] == metric]
+    out = {}
+    keys = ["pruning_method", "pruning_rate", "pruners.magnitude.protect", "cfg_scale"]
+    for (method, rate, protect, cfg), rows in df.groupby(keys, dropna=False, observed=True):
+        label = ("teacher (reference)" if method == "none" else f"{method} rate {rate:g}"
+                 + (f" + protect={protect}" if isinstance(protect, str) else ""))
+        v = rows["value"].to_numpy(dtype=float)
+        half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+        out[(label, float(cfg))] = (v.mean(), f"{v.mean():.4g} ± {half:.4g}")
+    return out
+
+
+@pytest.mark.parametrize("metric, higher", [("synthetic_quality", True), ("generation_time", False)])
+def test_compact_table_per_metric_variants_by_cfg_best_marked(metric, higher, swept, tmp_path, monkeypatch):
+    """Rows: the variants in order (swept option included); columns: the CFG scales; entries: mean ± CI;
+    the best mean of each column marked, the larger for ↑, the smaller for ↓."""
+    monkeypatch.setattr(report_data, "_draw_plots", lambda df, registry, fig_dir: [])  # the tables only: fast
+    (section,) = report.collect(swept, tmp_path).benchmarks
+    assert [t.metric for t in section.compare] == ["generation_time", "synthetic_quality"]
+    (table,) = [t for t in section.compare if t.metric == metric]
+    assert table.higher_is_better is higher
+    assert table.columns == ["CFG 1", "CFG 3"]
+    assert [label for label, _ in table.rows] == SWEPT_ROWS
+    assert table.caption == "model=synthetic, sampler=ddim, steps=4"
+    expected = _expected_entries(swept, metric)
+    for label, entries in table.rows:
+        assert entries == [expected[(label, 1.0)][1], expected[(label, 3.0)][1]], label
+    for j, cfg in enumerate((1.0, 3.0)):
+        means = [expected[(label, cfg)][0] for label in SWEPT_ROWS]
+        top = max(means) if higher else min(means)
+        assert [row[j] for row in table.best] == [m == top for m in means]
+        assert sum(row[j] for row in table.best) >= 1
+
+    # rendered: bold in Markdown, class "best" and bold in HTML, nothing else marked
+    marked = {(table.rows[i][0], table.columns[j]) for i, row in enumerate(table.best) for j, b in enumerate(row) if b}
+    md_text = report.render_markdown(report.collect(swept, tmp_path / "md"))
+    part = md_text.split(f"#### {metric} {'↑' if higher else '↓'}\n", 1)[1].split("\n#", 1)[0]
+    lines = [line for line in part.splitlines() if line.startswith("| ")]
+    assert lines[0] == "| variant | CFG 1 | CFG 3 |" and len(lines) == 2 + len(SWEPT_ROWS)
+    bold = {(cells[0], table.columns[j]) for cells in (line.strip("| ").split(" | ") for line in lines[2:])
+            for j, c in enumerate(cells[1:]) if c.startswith("**") and c.endswith("**")}
+    assert bold == marked
+    html_text = report.render_html(report.collect(swept, tmp_path / "html"))
+    anchor = f'<h4 id="m-synthetic-{metric}">'
+    block = html_text.split(anchor, 1)[1].split("</table>", 1)[0]
+    best = re.findall(r'<tr><th scope=row>([^<]*)</th>(.*?)</tr>', block)
+    seen = {(html.unescape(label), table.columns[j]) for label, tds in best
+            for j, td in enumerate(re.findall(r"<td[^>]*>.*?</td>", tds)) if td.startswith('<td class="num best"><b>')}
+    assert seen == marked
+    assert block.count('class="num best"') == len(marked)
+
+
+def test_compact_table_orders_students_and_marks_nothing_without_a_direction():
+    """Students from the largest after the teacher, then pruned variants; a missing entry is "-";
+    a metric without a direction has no best; ties are all marked."""
+    import pandas as pd
+
+    nan = float("nan")
+    rows = []
+    for role, size, method, rate in [("pruned", nan, "magnitude", 0.5), ("student", 0.25, "none", nan),
+                                     ("reference", nan, "none", nan), ("student", 0.5, "none", nan)]:
+        for cfg in (1.0, 7.5):
+            if role == "student" and size == 0.25 and cfg == 7.5:
+                continue  # not run: "-"
+            for metric, hib, mean in [("fid", False, 10.0 if role == "student" else 12.0), ("dim", nan, 3.0)]:
+                rows.append({"benchmark": "b", "role": role, "size_factor": size, "pruning_method": method,
+                             "pruning_rate": rate, "cfg_scale": cfg, "metric": metric, "higher_is_better": hib,
+                             "mean": mean, "std": 0.5, "n": 3 if role != "pruned" else 1, "errors": 0})
+    dim, fid = report_data.compare_tables(pd.DataFrame(rows))
+    assert [label for label, _ in fid.rows] == ["teacher (reference)", "student 0.5", "student 0.25",
+                                                "magnitude rate 0.5"]
+    assert fid.columns == ["CFG 1", "CFG 7.5"]
+    assert fid.rows[2][1][1] == "-" and fid.rows[3][1][0] == "12 (n=1)"
+    assert fid.best == [[False, False], [True, True], [True, False], [False, False]]
+    assert dim.higher_is_better is None and not any(map(any, dim.best))
+
+
+def test_the_figure_of_a_metric_stands_beside_its_table(md_report, html_report):
+    """Markdown: the metric's figure right after its compact table; HTML: embedded beside it, once."""
+    md_text = md_report.read_text()
+    part = md_text.split("#### synthetic_quality ↑\n", 1)[1].split("### Failed cells", 1)[0]
+    assert "![figures/pruning/compare_synthetic_quality.png](figures/pruning/compare_synthetic_quality.png)" in part
+    html_text = html_report.read_text()
+    block = html_text.split('<h4 id="m-synthetic-synthetic_quality">', 1)[1].split("<h4", 1)[0]
+    assert re.search(r'<div class="compare">.*</table></div>\n<figure><img src="data:image/png;base64,[^"]+" '
+                     r'alt="figures/pruning/compare_synthetic_quality.png"', block, re.DOTALL)
+    figures = html_text.split("<h3>Figures</h3>", 1)[1]
+    assert 'alt="figures/pruning/compare_synthetic_quality.png"' not in figures  # embedded once
+    assert ('<code>figures/pruning/compare_synthetic_quality.png</code>: shown beside the table of '
+            '<a href="#m-synthetic-synthetic_quality">synthetic_quality</a>') in figures
+
+
+def test_the_appendix_holds_the_long_summary_table(md_report, html_report):
+    md_text = md_report.read_text()
+    sections = md_text.split("\n### ")
+    assert [s.split("\n", 1)[0] for s in sections[1:]] == ["Comparison", "Failed cells", "Figures", "Runs",
+                                                            "Appendix: summary of every row"]
+    appendix = sections[-1]
+    assert "mean ± 95% CI" not in md_text.split("### Appendix", 1)[0]
+    assert len([line for line in appendix.splitlines() if "synthetic_quality ↑" in line]) == 2
+    assert len([line for line in appendix.splitlines() if "flaky ↑" in line]) == 2
+    html_text = html_report.read_text()
+    appendix = html_text.split("<h3>Appendix: summary of every row</h3>", 1)[1]
+    assert "<th class=num>mean ± 95% CI</th>" in appendix and appendix.count("synthetic_quality ↑</td>") == 2
 
 
 # ----------------------------------------------------------------------------- plots, paths, errors
