@@ -405,10 +405,11 @@ def _best(rows: list[list[dict[str, Any] | None]], higher: bool | None) -> list[
 
 
 def _figure_of(metric: str, figures: Sequence[Path]) -> Path | None:
-    """The first figure named after ``metric`` (``<metric>.png``, ``compare_<metric>.png``)."""
+    """The first figure named after ``metric`` (``<metric>.png``, ``compare_<metric>.png``,
+    ``<metric>_vs_size.png``)."""
     name = metric.removesuffix(" (mean over t)")
     for f in figures:
-        if f.stem == name or f.stem.endswith("_" + name):
+        if f.stem == name or f.stem.endswith("_" + name) or f.stem.startswith(name + "_vs_"):
             return f
     return None
 

@@ -612,3 +612,13 @@ def test_the_report_modules_do_not_import_plugins():
         source = (REPO / "harness" / name).read_text()
         assert not re.search(r"^\s*(from|import)\s+plugins\b", source, re.MULTILINE), name
 
+
+
+def test_a_metrics_figure_is_found_by_its_file_name():
+    from harness.report_data import _figure_of
+
+    figures = [Path("fid/fid_digits_vs_size.png"), Path("compare_label_accuracy.png"), Path("x/metrics_vs_size.png")]
+    assert _figure_of("fid_digits", figures) == figures[0]
+    assert _figure_of("label_accuracy", figures) == figures[1]
+    assert _figure_of("feature_distance", figures) is None
+    assert _figure_of("fid", figures) is None  # fid_digits is another metric
