@@ -58,7 +58,7 @@ _API: dict[str, str] = {
     **dict.fromkeys(["COLUMNS", "encode_blob", "decode_blob"], "harness.schema"),
     **dict.fromkeys(
         ["plot_style", "new_figure", "footnote", "wrap_lines", "save_figure", "fmt_num", "ok_rows",
-         "BenchmarkPlot", "Variant", "variant_of", "variant_label", "variant_groups", "seed_stats",
+         "BenchmarkPlot", "Variant", "variant_of", "variant_label", "variant_columns", "variant_groups", "seed_stats",
          "seeds_phrase", "spread_note", "averaged_note"],
         "harness.plotting",
     ),

@@ -16,7 +16,8 @@ imported inside the functions, so ``import harness`` stays cheap.
   every swept plugin option (columns named ``pruners.<name>.<option>`` and the like).
   :func:`variant_groups` yields each variant with its rows, in figure order (teacher,
   students from the largest, pruned variants); :func:`variant_label` and :class:`Variant`
-  give the readable label (``"magnitude rate 0.5 + rounds=2"``) and a file-name slug.
+  give the readable label (``"magnitude rate 0.5 + rounds=2"``) and a file-name slug;
+  :func:`variant_columns` names the columns that tell variants apart.
 - **Seeds and footnotes**: :func:`seed_stats` averages over seeds (mean per seed first,
   then mean, sample s.d. and count over seeds); :func:`spread_note` and
   :func:`seeds_phrase` say so, and :func:`averaged_note` names every axis that varies in
@@ -296,6 +297,16 @@ def variant_label(row: Mapping[str, Any]) -> str:
     return variant_of(row).label
 
 
+def variant_columns(df: pd.DataFrame) -> list[str]:
+    """The columns of ``df`` that tell model variants apart: ``size_factor``,
+    ``pruning_method``, ``pruning_rate``, ``role`` and every swept plugin-option column.
+
+    A figure with a bar or line per variant shows these axes: pass them to
+    :func:`averaged_note` as ``shown``.
+    """
+    return [c for c in (*_VARIANT_COLUMNS, *_option_names(df.columns)) if c in df]
+
+
 def variant_groups(df: pd.DataFrame) -> list[tuple[Variant, pd.DataFrame]]:
     """``(variant, its rows)`` for every model variant of ``df``, in figure order.
 
@@ -303,7 +314,7 @@ def variant_groups(df: pd.DataFrame) -> list[tuple[Variant, pd.DataFrame]]:
     different variants. Figure order: teacher, students from the largest to the smallest,
     then pruned variants by method, rate and option values.
     """
-    cols = [c for c in (*_VARIANT_COLUMNS, *_option_names(df.columns)) if c in df]
+    cols = variant_columns(df)
     found: dict[tuple[Any, ...], tuple[Variant, list[int]]] = {}
     for pos, values in enumerate(df[cols].itertuples(index=False, name=None)):
         v = variant_of(dict(zip(cols, values)))
@@ -325,7 +336,7 @@ def seed_stats(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 
     Everything not in ``by`` (other than ``seed``) is averaged first, per seed, so each
     seed counts once. Groups with NaN keys (the teacher's ``size_factor``) are kept; the
-    s.d. of one seed is NaN.
+    s.d. of one seed is NaN. ``by=[]`` gives one row over all of ``df``.
     :returns: columns ``*by, mean, std, n``.
     """
     import pandas as pd
@@ -333,6 +344,9 @@ def seed_stats(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     by = list(by)
     if not len(df):
         return pd.DataFrame(columns=[*by, "mean", "std", "n"])
+    if not by:
+        per_seed = df.groupby("seed", sort=True)["value"].mean()
+        return pd.DataFrame({"mean": [per_seed.mean()], "std": [per_seed.std()], "n": [per_seed.count()]})
     per_seed = df.groupby([*by, "seed"], dropna=False, sort=True)["value"].mean().reset_index()
     return (
         per_seed.groupby(by, dropna=False, sort=True)["value"]
@@ -401,6 +415,7 @@ __all__ = [
     "seed_stats",
     "seeds_phrase",
     "spread_note",
+    "variant_columns",
     "variant_groups",
     "variant_label",
     "variant_of",
