@@ -16,6 +16,8 @@ use ``harness.testing``.
 - hashing and the artifact cache (``harness.cache``), the result schema
   (``harness.schema``), ``offline`` (``harness.env``), ``load_results`` (``harness.results``)
   and the plugin registry (``harness.registry``)
+- what every plot needs (``harness.plotting``): the house style, rows grouped by variant
+  with readable labels, seed statistics and footnotes naming the axes averaged over
 
 Names resolve lazily (module ``__getattr__``, PEP 562): ``import harness`` loads no
 torch, pyarrow or pandas, so ``bench --help`` and entry-point discovery stay fast.
@@ -54,6 +56,12 @@ _API: dict[str, str] = {
                      "prunable_weights", "WeightRef"], "harness.sizes"),
     **dict.fromkeys(["stable_hash", "canonical_json", "ArtifactCache"], "harness.cache"),
     **dict.fromkeys(["COLUMNS", "encode_blob", "decode_blob"], "harness.schema"),
+    **dict.fromkeys(
+        ["plot_style", "new_figure", "footnote", "wrap_lines", "save_figure", "fmt_num", "ok_rows",
+         "BenchmarkPlot", "Variant", "variant_of", "variant_label", "variant_columns", "variant_groups", "seed_stats",
+         "seeds_phrase", "spread_note", "averaged_note"],
+        "harness.plotting",
+    ),
     "offline": "harness.env",
     "load_results": "harness.results",
     **dict.fromkeys(["build_registry", "get_plugin_manager"], "harness.registry"),

@@ -18,9 +18,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from harness import seed_stats
 from harness.schema import COLUMNS, size_tier
 from harness.store import load_results, rows_to_table
-from plugins.plots import _data as dt
 from plugins.plots import _labels as lb
 from plugins.plots import bench_register_plots
 from plugins.plots.attention import AttentionPlot
@@ -474,7 +474,7 @@ def test_radar_values(distill_df: pd.DataFrame) -> None:
 def test_seed_stats_mean_and_sd_over_seeds() -> None:
     df = pd.DataFrame({"size_factor": [0.1, 0.1, 0.1, 0.1, np.nan, np.nan], "seed": [0, 0, 1, 1, 0, 1],
                        "value": [1.0, 3.0, 4.0, 6.0, 7.0, 9.0]})
-    stats = dt.seed_stats(df, ["size_factor"])  # seed 0 mean 2, seed 1 mean 5
+    stats = seed_stats(df, ["size_factor"])  # seed 0 mean 2, seed 1 mean 5
     row = stats[stats["size_factor"] == 0.1].iloc[0]
     assert (row["mean"], row["n"]) == (3.5, 2)
     assert row["std"] == pytest.approx(np.std([2.0, 5.0], ddof=1))

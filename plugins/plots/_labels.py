@@ -2,8 +2,7 @@
 figures put it on (not a plugin).
 
 - **Names**: :func:`label` (with the unit, for axes and titles) and :func:`short_label`
-  (radar spokes, panel titles); :func:`fmt_num` writes scales and rates alike in file
-  names, ticks and legends (``0.1``, ``7.5``, ``12``).
+  (radar spokes, panel titles); numbers are written by :func:`harness.fmt_num`.
 - **Direction**: :func:`higher_is_better` reads the rows' ``higher_is_better`` column,
   falling back on :data:`LOWER_IS_BETTER`; :data:`DESCRIPTIVE` metrics have none.
 - **Normalisation** (:func:`normalise`) to [0, 1] with 1 = as close to the teacher as
@@ -115,11 +114,6 @@ def short_label(metric: str) -> str:
     return SHORT_LABELS.get(metric, label(metric))
 
 
-def fmt_num(v: float) -> str:
-    """``0.1``, ``7.5``, ``12`` (for file names, tick labels and legends)."""
-    return f"{float(v):g}"
-
-
 def higher_is_better(df: pd.DataFrame, metric: str) -> bool:
     """Which way ``metric`` is better: the rows' ``higher_is_better``, else the known list."""
     base = metric[:-2] if metric.endswith("_t") else metric
@@ -188,7 +182,6 @@ __all__ = [
     "better_up",
     "better_up_label",
     "direction_mark",
-    "fmt_num",
     "higher_is_better",
     "label",
     "normalise",

@@ -1,22 +1,15 @@
-"""The shared look of the built-in plots (not a plugin).
+"""Colours, markers and panel layouts of the built-in plots (not a plugin).
 
-Every built-in figure is drawn through this module so that they look alike: seaborn
-"whitegrid" with paper-readable font sizes, saved at 150 dpi. :func:`plot_style`
-applies it inside a ``matplotlib.rc_context``, so drawing a figure never changes the
-caller's global matplotlib state, and figures are built as
-:class:`matplotlib.figure.Figure` objects (no ``pyplot``, no display, no backend switch:
-the Agg canvas is used to save). Colours and markers tell sizes, CFG scales and methods
-apart the same way in every figure; :func:`footnote` puts the grey notes (normalisation,
-seeds, what was averaged) under a figure.
+The house style itself (``plot_style``, ``new_figure``, ``footnote``, ``save_figure``)
+is public, in :mod:`harness.plotting`. Here: colours and markers that tell sizes, CFG
+scales and methods apart the same way in every figure, panel grids, error bars and
+bare image panels.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,47 +17,6 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-log = logging.getLogger(__name__)
-
-DPI = 150
-
-
-@contextlib.contextmanager
-def plot_style() -> Iterator[None]:
-    """Seaborn whitegrid + paper-readable sizes, inside an rc_context (no global change)."""
-    import matplotlib as mpl
-    import seaborn as sns
-
-    rc: dict[str, Any] = {}
-    rc.update(sns.axes_style("whitegrid"))
-    rc.update(sns.plotting_context("paper", font_scale=1.35))
-    rc.update(
-        {
-            "figure.dpi": DPI,
-            "savefig.dpi": DPI,
-            "axes.titleweight": "bold",
-            "figure.titlesize": 15,
-            "figure.titleweight": "bold",
-            "legend.frameon": True,
-            "legend.framealpha": 0.9,
-            "lines.linewidth": 1.8,
-            "lines.markersize": 5.5,
-        }
-    )
-    with mpl.rc_context(rc):
-        yield
-
-
-def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
-    """A pyplot-free figure, constrained layout by default (call inside :func:`plot_style`).
-
-    ``layout=None`` for figures placed by hand (polar axes, whose spoke labels
-    constrained layout does not see); :func:`save` then crops with a tight bounding box.
-    """
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout=layout)
 
 
 def grid_shape(n: int, max_cols: int = 3) -> tuple[int, int]:
@@ -81,49 +33,6 @@ def panel_grid(fig: Figure, n: int, max_cols: int = 3, **kw: Any) -> list[Axes]:
     for i in range(n):
         axes.append(fig.add_subplot(gs[i // cols, i % cols], **kw))
     return axes
-
-
-FOOTNOTE_SIZE = 8.5
-
-
-def wrap_lines(lines: Iterable[str], width_in: float) -> list[str]:
-    """Wrap footnote lines to the figure's width (about 15 characters per inch at 8.5 pt)."""
-    import textwrap
-
-    chars = max(40, int(width_in * 14.5))
-    out: list[str] = []
-    for line in lines:
-        if line:
-            out.extend(textwrap.wrap(line, chars, subsequent_indent="  ") or [""])
-    return out
-
-
-def footnote(fig: Figure, lines: Iterable[str]) -> None:
-    """Small grey text under the figure: normalisation, seeds, what was averaged."""
-    wrapped = wrap_lines(lines, fig.get_figwidth())
-    if not wrapped:
-        return
-    text = "\n".join(wrapped)
-    if fig.get_layout_engine() is not None:
-        # a figure-level x label, so constrained layout makes room for it below the axes
-        fig.supxlabel(text, x=0.01, ha="left", fontsize=FOOTNOTE_SIZE, color="0.3", fontweight="normal",
-                      linespacing=1.4)
-    else:
-        fig.text(0.01, 0.0, text, ha="left", va="top", fontsize=FOOTNOTE_SIZE, color="0.3", linespacing=1.4)
-
-
-def save(fig: Figure, out_dir: Path, name: str) -> Path:
-    """Save ``fig`` as ``out_dir/name`` (folders made as needed); return the path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / name
-    # constrained layout already fits every label, legend and footnote into the figure,
-    # so no bbox_inches="tight" there (it would draw the figure a second time)
-    tight = fig.get_layout_engine() is None
-    fig.savefig(path, dpi=DPI, bbox_inches="tight" if tight else None, pad_inches=0.15)
-    fig.clear()
-    log.info("wrote %s", path)
-    return path
 
 
 def size_colors(sizes: Sequence[float]) -> dict[float, Any]:
@@ -192,20 +101,13 @@ def bare(ax: Axes) -> None:
 
 
 __all__ = [
-    "DPI",
-    "FOOTNOTE_SIZE",
     "TEACHER_COLOR",
     "bare",
     "cfg_colors",
     "errorbar",
-    "footnote",
     "grid_shape",
     "method_colors",
     "method_styles",
-    "new_figure",
     "panel_grid",
-    "plot_style",
-    "save",
     "size_colors",
-    "wrap_lines",
 ]

@@ -7,27 +7,25 @@ The image figures (:mod:`plugins.plots.visual`, :mod:`plugins.plots.latent_space
 seed per variant (the first, i.e. smallest, stored) and one CFG scale; with several
 samplers or step counts in the frame, file names get a ``_<sampler><steps>`` suffix.
 
-Variants (rows, colours) are ordered teacher, students from the largest to the
-smallest, then pruned variants; ``<variant>`` in file names is ``teacher``,
-``size<f>``, ``<method>_rate<r>`` or ``size<f>_<method>_rate<r>`` (plus swept options).
+Variants (rows, colours) come from :func:`harness.variants`, ordered teacher, students
+from the largest to the smallest, then pruned variants; ``<variant>`` in file names is
+``teacher``, ``size<f>``, ``<method>_rate<r>`` or ``size<f>_<method>_rate<r>`` (plus
+swept options).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness import COLUMNS, decode_blob
-from plugins.plots import _labels as lb
+from harness import Variant, decode_blob, fmt_num, variant_groups, variant_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 __all__ = [
-    "Variant",
     "diagnostic_rows",
     "first_seed",
     "label_lookup",
@@ -37,78 +35,10 @@ __all__ = [
     "variants",
 ]
 
-_ROLE_ORDER = {"reference": 0, "student": 1, "pruned": 2, "pruned_student": 3}
-
-
-# ------------------------------------------------------------------------------ data
-
-
-@dataclass
-class Variant:
-    """One model variant of the frame, with how figures name and order it."""
-
-    key: tuple[Any, ...]
-    role: str
-    size_factor: float | None
-    label: str
-    slug: str
-    order: tuple[Any, ...]
-
-    @property
-    def is_reference(self) -> bool:
-        return self.role == "reference"
-
-
-def _option_columns(df: pd.DataFrame) -> list[str]:
-    """Swept plugin-option columns (dotted names) that tell variants apart."""
-    return sorted(c for c in df.columns if c not in COLUMNS and "." in c and not c.startswith("metrics."))
-
-
-def _missing(v: Any) -> bool:
-    """None, NaN, NaT or ``pd.NA``: swept options of other methods are missing in nullable
-    columns (``Int64``, ``boolean``), where ``v == v`` is ``pd.NA``, not a bool."""
-    import pandas as pd
-
-    return v is None or (not isinstance(v, (list, tuple, dict)) and bool(pd.isna(v)))
-
-
-def _variant_of(row: Any, options: list[str]) -> Variant:
-    size = row["size_factor"]
-    size = None if _missing(size) else float(size)
-    method = row.get("pruning_method")
-    method = "none" if _missing(method) else str(method)
-    rate = row.get("pruning_rate")
-    rate = 0.0 if _missing(rate) else float(rate)
-    role = row.get("role")
-    role = ("reference" if size is None and method == "none" else "student") if _missing(role) else str(role)
-    parts, slugs = [], []
-    if size is None and method == "none":
-        parts, slugs = ["teacher"], ["teacher"]
-    if size is not None:
-        parts.append(f"student {lb.fmt_num(size)}")
-        slugs.append(f"size{lb.fmt_num(size)}")
-    if method != "none":
-        parts.append(f"{method} rate {lb.fmt_num(rate)}")
-        slugs.append(f"{method}_rate{lb.fmt_num(rate)}")
-    extra = [(c, row.get(c)) for c in options if not _missing(row.get(c))]
-    for c, v in extra:
-        short = c.rsplit(".", 1)[-1]
-        parts.append(f"{short}={v}")
-        slugs.append(f"{short}{v}")
-    key = (size, method, rate, *(str(v) for _c, v in extra))
-    order = (_ROLE_ORDER.get(role, 9), -(size or 0.0), method, rate, tuple(str(v) for _c, v in extra))
-    return Variant(key, role, size, " + ".join(parts), "_".join(slugs).replace("/", "-"), order)
-
 
 def variants(df: pd.DataFrame) -> dict[tuple[Any, ...], Variant]:
-    """The variants of ``df`` (ok rows), in figure order."""
-    options = _option_columns(df)
-    seen: dict[tuple[Any, ...], Variant] = {}
-    cols = [c for c in ("size_factor", "pruning_method", "pruning_rate", "role", *options) if c in df]
-    for _, row in df[cols].drop_duplicates().iterrows():
-        v = _variant_of(row, options)
-        seen.setdefault(v.key, v)
-    return dict(sorted(seen.items(), key=lambda kv: kv[1].order))
+    """``variant key -> Variant`` for every model variant of ``df``, in figure order."""
+    return {v.key: v for v, _rows in variant_groups(df)}
 
 
 def diagnostic_rows(df: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -118,9 +48,8 @@ def diagnostic_rows(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     d = df[(df["metric"] == metric) & df["blob"].notna()]
     if not len(d):
         return d
-    options = _option_columns(d)
     d = d.copy()
-    d["_variant"] = [_variant_of(row, options).key for _, row in d.iterrows()]
+    d["_variant"] = [variant_of(row).key for _, row in d.iterrows()]
     return d
 
 
@@ -151,7 +80,7 @@ def seed_note(rows: dict[Any, Any]) -> str:
 
 
 def title_setting(cfg: float, suffix: str) -> str:
-    return f"CFG {lb.fmt_num(cfg)}" + (f", {suffix[1:]}" if suffix else "")
+    return f"CFG {fmt_num(cfg)}" + (f", {suffix[1:]}" if suffix else "")
 
 
 

@@ -14,9 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness import decode_blob
-from plugins.plots import _data as dt
-from plugins.plots import _labels as lb
+from harness import (
+    BenchmarkPlot,
+    Variant,
+    decode_blob,
+    fmt_num,
+    footnote,
+    new_figure,
+    plot_style,
+    save_figure,
+    wrap_lines,
+)
 from plugins.plots import _style as st
 from plugins.plots import _variants as vr
 
@@ -63,7 +71,7 @@ def _colorbar(fig: Any, gs: Any, im: Any) -> None:
     fig.colorbar(im, cax=fig.add_subplot(gs[lo:hi, -1]), label="attention × keys\n(1 = uniform)")
 
 
-class AttentionPlot(dt.BenchmarkPlot):
+class AttentionPlot(BenchmarkPlot):
     """Self-attention maps of the teacher and its students, from ``attention_maps``.
 
     Writes ``attention/attention_cfg<scale>.png`` (a row per variant, a column per
@@ -85,7 +93,7 @@ class AttentionPlot(dt.BenchmarkPlot):
         names = vr.variants(d)
         out = Path(out_dir) / "attention"
         paths = []
-        with st.plot_style():
+        with plot_style():
             for suffix, cfg, part in vr.settings(d):
                 seeds = part.groupby("_variant")["seed"].min()
                 part = part[part["seed"] == part["_variant"].map(seeds)]
@@ -96,11 +104,11 @@ class AttentionPlot(dt.BenchmarkPlot):
                 seed_rows = {k: next(iter(cells[k].values())) for k in shown}
                 timesteps = sorted({t for k in shown for t in cells[k]}, reverse=True)
                 fig = self._by_timestep([names[k] for k in shown], cells, timesteps, cfg, suffix, seed_rows)
-                paths.append(st.save(fig, out, f"attention_cfg{lb.fmt_num(cfg)}{suffix}.png"))
+                paths.append(save_figure(fig, out / f"attention_cfg{fmt_num(cfg)}{suffix}.png"))
                 mid = timesteps[len(timesteps) // 2]
                 fig = self._by_head([names[k] for k in shown], cells, mid, cfg, suffix, seed_rows)
                 if fig is not None:
-                    paths.append(st.save(fig, out, f"attention_heads_cfg{lb.fmt_num(cfg)}{suffix}.png"))
+                    paths.append(save_figure(fig, out / f"attention_heads_cfg{fmt_num(cfg)}{suffix}.png"))
         return paths
 
     @staticmethod
@@ -111,7 +119,7 @@ class AttentionPlot(dt.BenchmarkPlot):
         st.bare(ax)
         return im
 
-    def _by_timestep(self, shown: list[vr.Variant], cells: dict[Any, dict[float, Any]], timesteps: list[float],
+    def _by_timestep(self, shown: list[Variant], cells: dict[Any, dict[float, Any]], timesteps: list[float],
                      cfg: float, suffix: str, seed_rows: dict[Any, Any]) -> Any:
         maps = {}
         for v in shown:
@@ -125,8 +133,8 @@ class AttentionPlot(dt.BenchmarkPlot):
             f"{vr.seed_note(seed_rows)}. In the corner: normalised attention entropy (1 = uniform).",
         ]
         width = 2.6 + 1.7 * len(timesteps) + 0.9
-        lines = st.wrap_lines(notes, width)
-        fig = st.new_figure(width, 1.7 * len(shown) + 1.0 + 0.17 * len(lines))
+        lines = wrap_lines(notes, width)
+        fig = new_figure(width, 1.7 * len(shown) + 1.0 + 0.17 * len(lines))
         gs = _gridspec_with_colorbar(fig, len(shown), len(timesteps))
         im = None
         for r, v in enumerate(shown):
@@ -148,10 +156,10 @@ class AttentionPlot(dt.BenchmarkPlot):
         if im is not None:
             _colorbar(fig, gs, im)
         fig.suptitle(f"Attention of the centre query per timestep ({vr.title_setting(cfg, suffix)})")
-        st.footnote(fig, notes)
+        footnote(fig, notes)
         return fig
 
-    def _by_head(self, shown: list[vr.Variant], cells: dict[Any, dict[float, Any]], t: float, cfg: float,
+    def _by_head(self, shown: list[Variant], cells: dict[Any, dict[float, Any]], t: float, cfg: float,
                  suffix: str, seed_rows: dict[Any, Any]) -> Any:
         per_head = {}
         for v in shown:
@@ -167,8 +175,8 @@ class AttentionPlot(dt.BenchmarkPlot):
         notes = [f"As the per-timestep figure, at t = {t:g}, one column per head (students may have fewer heads). "
                  f"{vr.seed_note(seed_rows)}."]
         width = 2.6 + 1.7 * heads + 0.9
-        lines = st.wrap_lines(notes, width)
-        fig = st.new_figure(width, 1.7 * len(per_head) + 1.0 + 0.17 * len(lines))
+        lines = wrap_lines(notes, width)
+        fig = new_figure(width, 1.7 * len(per_head) + 1.0 + 0.17 * len(lines))
         gs = _gridspec_with_colorbar(fig, len(per_head), heads)
         im = None
         for r, v in enumerate([v for v in shown if v.key in per_head]):
@@ -186,6 +194,6 @@ class AttentionPlot(dt.BenchmarkPlot):
         if im is not None:
             _colorbar(fig, gs, im)
         fig.suptitle(f"Attention of the centre query per head (t = {t:g}, {vr.title_setting(cfg, suffix)})")
-        st.footnote(fig, notes)
+        footnote(fig, notes)
         return fig
 

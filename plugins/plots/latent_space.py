@@ -11,9 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness import decode_blob
-from plugins.plots import _data as dt
-from plugins.plots import _labels as lb
+from harness import (
+    BenchmarkPlot,
+    Variant,
+    decode_blob,
+    fmt_num,
+    footnote,
+    new_figure,
+    plot_style,
+    save_figure,
+    wrap_lines,
+)
 from plugins.plots import _style as st
 from plugins.plots import _variants as vr
 
@@ -32,7 +40,7 @@ def _pair_lines(ax: Any, teacher: np.ndarray, other: np.ndarray, color: Any) -> 
     ax.add_collection(LineCollection(segments, colors=[color], linewidths=0.6, alpha=0.3, zorder=0))
 
 
-def _variant_colors(shown: list[vr.Variant]) -> dict[tuple[Any, ...], Any]:
+def _variant_colors(shown: list[Variant]) -> dict[tuple[Any, ...], Any]:
     """Teacher dark grey; students by size (viridis); other variants a colour-blind palette."""
     import seaborn as sns
 
@@ -53,7 +61,7 @@ def _variant_colors(shown: list[vr.Variant]) -> dict[tuple[Any, ...], Any]:
     return colors
 
 
-class LatentSpacePlot(dt.BenchmarkPlot):
+class LatentSpacePlot(BenchmarkPlot):
     """Final samples in the teacher's 2-D PCA plane, coloured by size, from ``latent_pca``.
 
     Writes ``latent_space/latent_pca_cfg<scale>.png``: a panel with every variant, then
@@ -70,7 +78,7 @@ class LatentSpacePlot(dt.BenchmarkPlot):
         names = vr.variants(d)
         out = Path(out_dir) / "latent_space"
         paths = []
-        with st.plot_style():
+        with plot_style():
             for suffix, cfg, part in vr.settings(d):
                 rows = vr.first_seed(part)
                 shown = [names[k] for k in names if k in rows]
@@ -78,7 +86,7 @@ class LatentSpacePlot(dt.BenchmarkPlot):
                 colors = _variant_colors(shown)
                 ref = next((v for v in shown if v.is_reference), None)
                 others = [v for v in shown if not v.is_reference]
-                panels: list[tuple[str, list[vr.Variant]]] = [("all variants", shown)]
+                panels: list[tuple[str, list[Variant]]] = [("all variants", shown)]
                 if ref is not None and len(others) > 1:
                     panels += [(f"{v.label} vs teacher", [ref, v]) for v in others]
                 ratio = float((rows[ref.key] if ref is not None else next(iter(rows.values())))["value"])
@@ -93,8 +101,8 @@ class LatentSpacePlot(dt.BenchmarkPlot):
                 max_cols = 2 if len(panels) in (2, 4) else 3
                 nrow, ncol = st.grid_shape(len(panels), max_cols)
                 width = 4.3 * ncol + 2.4
-                lines = st.wrap_lines(notes, width)
-                fig = st.new_figure(width, 4.0 * nrow + 0.6 + 0.17 * len(lines))
+                lines = wrap_lines(notes, width)
+                fig = new_figure(width, 4.0 * nrow + 0.6 + 0.17 * len(lines))
                 axes = st.panel_grid(fig, len(panels), max_cols)
                 allp = np.concatenate(list(points.values()))
                 lo, hi = allp.min(axis=0), allp.max(axis=0)
@@ -119,7 +127,7 @@ class LatentSpacePlot(dt.BenchmarkPlot):
                 for h in legend.legend_handles:
                     h.set_alpha(1.0)
                 fig.suptitle(f"Final samples in the teacher's PCA plane ({vr.title_setting(cfg, suffix)})")
-                st.footnote(fig, notes)
-                paths.append(st.save(fig, out, f"latent_pca_cfg{lb.fmt_num(cfg)}{suffix}.png"))
+                footnote(fig, notes)
+                paths.append(save_figure(fig, out / f"latent_pca_cfg{fmt_num(cfg)}{suffix}.png"))
         return paths
 

@@ -24,6 +24,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from harness import (
+    BenchmarkPlot,
+    averaged_note,
+    fmt_num,
+    footnote,
+    new_figure,
+    ok_rows,
+    plot_style,
+    save_figure,
+    seed_stats,
+    spread_note,
+)
 from plugins.plots import _data as dt
 from plugins.plots import _labels as lb
 from plugins.plots import _style as st
@@ -68,7 +80,7 @@ class PruningGroup:
 
     @property
     def title(self) -> str:
-        return "" if self.base is None else f" (student size {lb.fmt_num(self.base)})"
+        return "" if self.base is None else f" (student size {fmt_num(self.base)})"
 
     def rows(self, method: str | None = None) -> pd.DataFrame:
         """Reference rows (rate set to 0) plus the rows of ``method`` (all methods if None)."""
@@ -81,7 +93,7 @@ class PruningGroup:
 
 def pruning_groups(df: pd.DataFrame) -> list[PruningGroup]:
     """Split ok rows into :class:`PruningGroup` s, one per parent model that was pruned."""
-    d = dt.ok_rows(df)
+    d = ok_rows(df)
     if not len(d) or "pruning_method" not in d:
         return []
     method = d["pruning_method"].astype(object)
@@ -97,7 +109,7 @@ def pruning_groups(df: pd.DataFrame) -> list[PruningGroup]:
             sel_p, sel_r = pruned_all["size_factor"].isna(), unpruned["size_factor"].isna()
         else:
             sel_p, sel_r = np.isclose(pruned_all["size_factor"], base), np.isclose(unpruned["size_factor"], base)
-        suffix = "" if base is None else f"_size{lb.fmt_num(base)}"
+        suffix = "" if base is None else f"_size{fmt_num(base)}"
         groups.append(PruningGroup(base, suffix, unpruned[sel_r], pruned_all[sel_p]))
     return groups
 
@@ -105,7 +117,7 @@ def pruning_groups(df: pd.DataFrame) -> list[PruningGroup]:
 def curve_stats(group: PruningGroup, method: str, metric: str) -> pd.DataFrame:
     """Mean/s.d./n over seeds of ``metric`` per (cfg_scale, pruning_rate), the reference at 0."""
     rows = dt.scalar_rows(group.rows(method))
-    return dt.seed_stats(rows[rows["metric"] == metric], ["cfg_scale", "pruning_rate"])
+    return seed_stats(rows[rows["metric"] == metric], ["cfg_scale", "pruning_rate"])
 
 
 def group_metrics(group: PruningGroup, include_cost: bool = True) -> list[str]:
@@ -120,7 +132,7 @@ def rate_ticks(ax: Any, rates: Sequence[float]) -> None:
     rates = sorted(set(float(r) for r in rates))
     if len(rates) <= 11:
         ax.set_xticks(rates)
-        ax.set_xticklabels([lb.fmt_num(r) for r in rates])
+        ax.set_xticklabels([fmt_num(r) for r in rates])
     ax.set_xlim(-0.03, max(rates) + 0.03 if rates else 1)
 
 
@@ -129,7 +141,7 @@ RATE_LABEL = "pruning rate (0 = unpruned reference)"
 # ------------------------------------------------------------------------------ curves
 
 
-class PruningCurves(dt.BenchmarkPlot):
+class PruningCurves(BenchmarkPlot):
     """Metric vs pruning rate per method (lower-is-better metrics negated: up = better).
 
     Writes ``pruning/pruning_curves_<method>.png`` (one panel per metric, a line per CFG
@@ -148,7 +160,7 @@ class PruningCurves(dt.BenchmarkPlot):
         out = Path(out_dir) / FOLDER
         paths: list[Path] = []
         compare = bool(self.options.compare) if self.options is not None else False
-        with st.plot_style():
+        with plot_style():
             for g in groups:
                 metrics = group_metrics(g)
                 if not metrics:
@@ -168,7 +180,7 @@ class PruningCurves(dt.BenchmarkPlot):
         colors = st.cfg_colors(cfgs) if len(cfgs) > 1 else {cfgs[0]: st.method_colors([method])[method]}
         # the y labels of negated metrics take two lines: leave them room
         nrows, ncols = st.grid_shape(len(metrics), 3)
-        fig = st.new_figure(4.7 * ncols + (1.6 if len(cfgs) > 1 else 0.4), 3.7 * nrows + 0.6)
+        fig = new_figure(4.7 * ncols + (1.6 if len(cfgs) > 1 else 0.4), 3.7 * nrows + 0.6)
         axes = st.panel_grid(fig, len(metrics), 3)
         all_stats = []
         for ax, m in zip(axes, metrics):
@@ -180,7 +192,7 @@ class PruningCurves(dt.BenchmarkPlot):
                 if not len(part):
                     continue
                 st.errorbar(ax, part["pruning_rate"], lb.better_up(part["mean"], higher), part["std"],
-                            color=colors[cfg], label=f"CFG {lb.fmt_num(cfg)}")
+                            color=colors[cfg], label=f"CFG {fmt_num(cfg)}")
                 ref = part[part["pruning_rate"] == 0.0]
                 if len(ref):
                     ax.plot([0.0], lb.better_up(ref["mean"], higher), marker="*", markersize=13, color="black",
@@ -195,12 +207,12 @@ class PruningCurves(dt.BenchmarkPlot):
         else:
             axes[0].legend(handles, labels, loc="best", fontsize=8)
         fig.suptitle(f"{method} pruning: metrics vs pruning rate{g.title}")
-        st.footnote(fig, [
+        footnote(fig, [
             "Up = better on every panel: lower-is-better metrics are negated (−v).",
-            dt.spread_note(pd.concat(all_stats)),
-            dt.averaged_note(rows, ["cfg_scale", "pruning_rate", "pruning_method"]),
+            spread_note(pd.concat(all_stats)),
+            averaged_note(rows, ["cfg_scale", "pruning_rate", "pruning_method"]),
         ])
-        return st.save(fig, out, f"pruning_curves_{method}{g.suffix}.png")
+        return save_figure(fig, out / f"pruning_curves_{method}{g.suffix}.png")
 
     def _compare(self, g: PruningGroup, metric: str, out: Path) -> Path:
         import pandas as pd
@@ -209,7 +221,7 @@ class PruningCurves(dt.BenchmarkPlot):
         higher = lb.higher_is_better(rows, metric)
         cfgs = sorted(rows.loc[rows["metric"] == metric, "cfg_scale"].unique())
         styles = st.method_styles(g.methods)
-        fig = st.new_figure(5.2 * len(cfgs) + 2.2, 4.6)
+        fig = new_figure(5.2 * len(cfgs) + 2.2, 4.6)
         axes = st.panel_grid(fig, len(cfgs), len(cfgs))
         all_stats = []
         for ax, cfg in zip(axes, cfgs):
@@ -227,19 +239,19 @@ class PruningCurves(dt.BenchmarkPlot):
                 ref_mean = ref.groupby("seed")["value"].mean().mean()
                 ax.plot([0.0], [lb.better_up(ref_mean, higher)], marker="*", markersize=13, color="black",
                         linestyle="none", zorder=5, label="unpruned reference")
-            ax.set_title(f"CFG {lb.fmt_num(cfg)}" if len(cfgs) > 1 else lb.label(metric))
+            ax.set_title(f"CFG {fmt_num(cfg)}" if len(cfgs) > 1 else lb.label(metric))
             ax.set_xlabel(RATE_LABEL)
             ax.set_ylabel(lb.better_up_label(metric, higher))
             rate_ticks(ax, rows["pruning_rate"])
         handles, labels = unique_legend(axes)
         fig.legend(handles, labels, loc="outside right center", title="method")
         fig.suptitle(f"{lb.label(metric)} vs pruning rate: all methods{g.title}")
-        st.footnote(fig, [
+        footnote(fig, [
             "Up = better" + ("" if higher else " (lower-is-better metric negated: −v)") + ".",
-            dt.spread_note(pd.concat(all_stats)) if all_stats else "",
-            dt.averaged_note(rows[rows["metric"] == metric], ["cfg_scale", "pruning_rate", "pruning_method"]),
+            spread_note(pd.concat(all_stats)) if all_stats else "",
+            averaged_note(rows[rows["metric"] == metric], ["cfg_scale", "pruning_rate", "pruning_method"]),
         ])
-        return st.save(fig, out, f"compare_{metric}{g.suffix}.png")
+        return save_figure(fig, out / f"compare_{metric}{g.suffix}.png")
 
 
 def unique_legend(axes: Sequence[Any]) -> tuple[list[Any], list[str]]:

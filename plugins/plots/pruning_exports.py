@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from harness import BenchmarkPlot, averaged_note, fmt_num, seed_stats
 from plugins.plots import _data as dt
 from plugins.plots import _labels as lb
 from plugins.plots.pruning import FOLDER, PruningGroup, group_metrics, pruning_groups
@@ -153,7 +154,7 @@ def _summary_header(
         )
     if (rows["metric"] == "synthetic_quality").any():
         lines.append("synthetic_quality is SYNTHETIC (a parametric curve plus noise), not a measurement.")
-    avg = dt.averaged_note(rows, ["cfg_scale", "pruning_rate", "pruning_method"])
+    avg = averaged_note(rows, ["cfg_scale", "pruning_rate", "pruning_method"])
     if avg:
         lines.append(avg)
     return lines
@@ -180,16 +181,16 @@ def _cfg_section(
     cliff: float,
 ) -> list[str]:
     """One CFG scale: the per-rate table, then the primary metric's losses, budget and cliff."""
-    lines = ["", f"== CFG scale {lb.fmt_num(cfg)} =="]
+    lines = ["", f"== CFG scale {fmt_num(cfg)} =="]
     shown = [m for m in metrics if (part["metric"] == m).any()]
-    stats = {m: dt.seed_stats(part[part["metric"] == m], ["pruning_rate"]).set_index("pruning_rate") for m in shown}
+    stats = {m: seed_stats(part[part["metric"] == m], ["pruning_rate"]).set_index("pruning_rate") for m in shown}
     lines += _rate_table(part, shown, stats)
     if prim is None or prim not in stats:
         return lines
     s = stats[prim]
     higher = lb.higher_is_better(part, prim)
     if 0.0 not in s.index:
-        lines.append(f"No reference row of {prim} at CFG {lb.fmt_num(cfg)}: no budget or cliff computed.")
+        lines.append(f"No reference row of {prim} at CFG {fmt_num(cfg)}: no budget or cliff computed.")
         return lines
     return lines + _budget_lines(s, prim, higher, budget, cliff)
 
@@ -204,7 +205,7 @@ def _rate_table(part: pd.DataFrame, shown: list[str], stats: dict[str, pd.DataFr
     header += [f"{m} {'↑' if lb.higher_is_better(part, m) else '↓'}" for m in shown]
     table_rows = []
     for rate in sorted(part["pruning_rate"].unique()):
-        r = [lb.fmt_num(rate) + (" (ref)" if rate == 0 else "")]
+        r = [fmt_num(rate) + (" (ref)" if rate == 0 else "")]
         for col in ("sparsity", "speedup", "param_ratio"):
             v = per_rate.loc[rate, col] if rate in per_rate.index else math.nan
             r.append(f"{v:.3g}" if np.isfinite(v) else "-")
@@ -222,23 +223,23 @@ def _budget_lines(s: pd.DataFrame, prim: str, higher: bool, budget: float, cliff
 
     def at(rate: float) -> str:
         # the best rate and the cliff are reported alike: the rate, its value, the reference's, the loss
-        return (f"{lb.fmt_num(rate)} ({prim} {float(s.loc[rate, 'mean']):.4g} vs reference {ref:.4g}, "
+        return (f"{fmt_num(rate)} ({prim} {float(s.loc[rate, 'mean']):.4g} vs reference {ref:.4g}, "
                 f"loss {res.losses[rate]:+.1%})")
 
     lines = ["", "Loss of " + prim + " vs reference: " +
-             ", ".join(f"{lb.fmt_num(r)}: {loss:+.1%}" for r, loss in res.losses.items())]
+             ", ".join(f"{fmt_num(r)}: {loss:+.1%}" for r, loss in res.losses.items())]
     if res.best_rate is None:
         lines.append(f"Best rate within {budget:.0%}: none (every rate loses more than {budget:.0%}).")
     else:
         lines.append(f"Best rate within {budget:.0%}: {at(res.best_rate)}")
     if res.cliff_rate is None:
-        lines.append(f"Cliff (> {cliff:.0%} loss): none up to rate {lb.fmt_num(max(res.losses, default=0))}.")
+        lines.append(f"Cliff (> {cliff:.0%} loss): none up to rate {fmt_num(max(res.losses, default=0))}.")
     else:
         lines.append(f"Cliff (> {cliff:.0%} loss): {at(res.cliff_rate)}")
     return lines
 
 
-class PruningSummary(dt.BenchmarkPlot):
+class PruningSummary(BenchmarkPlot):
     """Text summary per pruning method: per-rate table, best rate within budget, cliff.
 
     Writes ``pruning/summary_<method>.txt``: per CFG scale, a table of mean ± s.d. (over
@@ -279,7 +280,7 @@ class PruningSummary(dt.BenchmarkPlot):
         return paths
 
 
-class PruningJSON(dt.BenchmarkPlot):
+class PruningJSON(BenchmarkPlot):
     """JSON export of the raw rows per pruning method (records orient).
 
     Writes ``pruning/results_<method>.json``: every ok row of the method (all rates, CFG

@@ -15,6 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from harness import (
+    BenchmarkPlot,
+    averaged_note,
+    fmt_num,
+    footnote,
+    new_figure,
+    plot_style,
+    save_figure,
+    seed_stats,
+)
 from plugins.plots import _data as dt
 from plugins.plots import _labels as lb
 from plugins.plots import _style as st
@@ -75,7 +85,7 @@ def pareto_points(g: PruningGroup, metric: str) -> pd.DataFrame:
     rows = dt.scalar_rows(g.rows())
     rows = rows.assign(pruning_method=rows["pruning_method"].where(rows["pruning_rate"] > 0, "reference"))
     keys = ["pruning_method", "pruning_rate", "cfg_scale"]
-    stats = dt.seed_stats(rows[rows["metric"] == metric], keys)
+    stats = seed_stats(rows[rows["metric"] == metric], keys)
     cells = rows.drop_duplicates([*keys, "seed"])
     ref_cells = cells[cells["pruning_method"] == "reference"]
     ref_nz = ref_cells["nonzero_params"].astype(float).mean() if "nonzero_params" in cells else math.nan
@@ -104,10 +114,10 @@ def _label_rates(ax: Any, x: np.ndarray, y: np.ndarray, rates: np.ndarray, min_g
         if any(abs(fx - px) < min_gap * 1.6 and abs(fy - py) < min_gap for px, py in placed):
             continue
         placed.append((fx, fy))
-        ax.annotate(lb.fmt_num(rates[i]), (x[i], y[i]), textcoords="offset points", xytext=(6, 5), fontsize=8)
+        ax.annotate(fmt_num(rates[i]), (x[i], y[i]), textcoords="offset points", xytext=(6, 5), fontsize=8)
 
 
-class PruningPareto(dt.BenchmarkPlot):
+class PruningPareto(BenchmarkPlot):
     """Quality vs measured cost reduction with the Pareto front, per metric.
 
     Writes ``pruning/pareto_<metric>.png``: columns = measured speed-up, parameter
@@ -121,7 +131,7 @@ class PruningPareto(dt.BenchmarkPlot):
     def draw_one(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
         out = Path(out_dir) / FOLDER
         paths = []
-        with st.plot_style():
+        with plot_style():
             for g in pruning_groups(df):
                 axes_spec = _cost_axes(g)
                 if not axes_spec:
@@ -141,7 +151,7 @@ class PruningPareto(dt.BenchmarkPlot):
         methods = g.methods
         styles = st.method_styles(methods)
         nrows, ncols = len(cfgs), len(axes_spec)
-        fig = st.new_figure(4.6 * ncols + 1.8, 3.9 * nrows + 0.6)
+        fig = new_figure(4.6 * ncols + 1.8, 3.9 * nrows + 0.6)
         gs = fig.add_gridspec(nrows, ncols)
         for r, cfg in enumerate(cfgs):
             pc = points[np.isclose(points["cfg_scale"], cfg)]
@@ -163,18 +173,18 @@ class PruningPareto(dt.BenchmarkPlot):
                 ax.set_xlabel(spec.label)
                 if c == 0:
                     ax.set_ylabel(lb.better_up_label(metric, higher))
-                title = f"CFG {lb.fmt_num(cfg)}" if len(cfgs) > 1 else ""
+                title = f"CFG {fmt_num(cfg)}" if len(cfgs) > 1 else ""
                 if title:
                     ax.set_title(title, fontsize=10)
         handles, labels = unique_legend(fig.axes)
         fig.legend(handles, labels, loc="outside right center")
         fig.suptitle(f"{lb.label(metric)} vs cost reduction{g.title}")
-        st.footnote(fig, [
+        footnote(fig, [
             "Up and right = better" + ("" if higher else f"; {lb.label(metric)} negated (−v)") + ". "
             "Ringed points: the Pareto front (no other point is better on both axes), labelled with the pruning "
             "rate where there is room.",
             "Points: mean over seeds. Speed-up = reference generation time / variant's (measured).",
-            dt.averaged_note(g.rows(), ["cfg_scale", "pruning_rate", "pruning_method"]),
+            averaged_note(g.rows(), ["cfg_scale", "pruning_rate", "pruning_method"]),
         ])
-        return st.save(fig, out, f"pareto_{metric}{g.suffix}.png")
+        return save_figure(fig, out / f"pareto_{metric}{g.suffix}.png")
 

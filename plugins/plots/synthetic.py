@@ -12,8 +12,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from plugins.plots import _data as dt
-from plugins.plots import _labels as lb
+from harness import (
+    BenchmarkPlot,
+    averaged_note,
+    fmt_num,
+    footnote,
+    new_figure,
+    plot_style,
+    save_figure,
+    spread_note,
+)
 from plugins.plots import _style as st
 from plugins.plots.pruning import RATE_LABEL, curve_stats, pruning_groups
 
@@ -24,7 +32,7 @@ METRIC = "synthetic_quality"
 SYNTHETIC_LABEL = "SYNTHETIC (parametric curve + noise, not a measurement)"
 
 
-class SyntheticCurve(dt.BenchmarkPlot):
+class SyntheticCurve(BenchmarkPlot):
     """SYNTHETIC expected quality vs pruning rate per method (mean ± s.d. band over seeds).
 
     Writes ``synthetic/expected_pruning_curve.png`` from ``synthetic_quality`` rows (of
@@ -46,8 +54,8 @@ class SyntheticCurve(dt.BenchmarkPlot):
         stats = {m: curve_stats(g, m, METRIC) for m in methods}
         cfgs = sorted(pd.concat(stats.values())["cfg_scale"].unique())
         styles = st.method_styles(methods)
-        with st.plot_style():
-            fig = st.new_figure(5.6 * len(cfgs) + 2.2, 4.8)
+        with plot_style():
+            fig = new_figure(5.6 * len(cfgs) + 2.2, 4.8)
             axes = st.panel_grid(fig, len(cfgs), len(cfgs))
             for ax, cfg in zip(axes, cfgs):
                 for m in methods:
@@ -61,17 +69,17 @@ class SyntheticCurve(dt.BenchmarkPlot):
                 ax.set_xlim(0, max(float(s["pruning_rate"].max()) for s in stats.values()))
                 ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
                 if len(cfgs) > 1:
-                    ax.set_title(f"CFG {lb.fmt_num(cfg)}", fontsize=10)
+                    ax.set_title(f"CFG {fmt_num(cfg)}", fontsize=10)
             handles, labels = axes[0].get_legend_handles_labels()
             fig.legend(handles, labels, loc="outside right center", title="method")
             fig.suptitle(f"{SYNTHETIC_LABEL}\nExpected relationship between pruning rate and quality",
                          color="firebrick", fontsize=14)
-            seeds = dt.spread_note(pd.concat(stats.values())).replace("error bars / bands", "bands")
-            st.footnote(fig, [
+            seeds = spread_note(pd.concat(stats.values())).replace("error bars / bands", "bands")
+            footnote(fig, [
                 "SYNTHETIC: values come from the `synthetic_quality` metric of the `synthetic` plugin, a parametric "
                 "curve of the cell's axes plus seeded Gaussian noise. Never report them as measurements.",
                 seeds,
-                dt.averaged_note(g.rows(), ["cfg_scale", "pruning_rate", "pruning_method"]),
+                averaged_note(g.rows(), ["cfg_scale", "pruning_rate", "pruning_method"]),
             ])
-            path = st.save(fig, Path(out_dir) / "synthetic", "expected_pruning_curve.png")
+            path = save_figure(fig, Path(out_dir) / "synthetic" / "expected_pruning_curve.png")
         return [path]

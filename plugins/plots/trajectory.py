@@ -19,6 +19,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from harness import (
+    BenchmarkPlot,
+    averaged_note,
+    fmt_num,
+    footnote,
+    new_figure,
+    ok_rows,
+    plot_style,
+    save_figure,
+    seed_stats,
+    seeds_phrase,
+    wrap_lines,
+)
 from plugins.plots import _data as dt
 from plugins.plots import _labels as lb
 from plugins.plots import _style as st
@@ -40,7 +53,7 @@ RADAR_EXTRAS = ("eps_agreement", "label_accuracy")
 
 
 def _students(df: pd.DataFrame) -> pd.DataFrame:
-    d = dt.unpruned(dt.ok_rows(df))
+    d = dt.unpruned(ok_rows(df))
     return d[d["size_factor"].notna()] if "size_factor" in d else d.iloc[0:0]
 
 
@@ -59,14 +72,14 @@ def cfg_size_table(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     d = d[d["metric"] == metric]
     if not len(d):
         return pd.DataFrame()
-    stats = dt.seed_stats(d, ["size_factor", "cfg_scale"])
+    stats = seed_stats(d, ["size_factor", "cfg_scale"])
     table = stats.pivot(index="size_factor", columns="cfg_scale", values="mean")
     return table.sort_index().sort_index(axis=1)
 
 
 def normalised_tables(df: pd.DataFrame, metrics: tuple[str, ...] = lb.TRAJECTORY_METRICS) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, str]]:
     """``metric -> (raw table, normalised table, note)`` for the metrics present."""
-    d = dt.ok_rows(df)
+    d = ok_rows(df)
     out = {}
     for m in metrics:
         raw = cfg_size_table(d, m)
@@ -83,8 +96,8 @@ def _heatmap_figure(table: pd.DataFrame, title: str, cbar_label: str, notes: lis
 
     rows, cols = table.shape
     width = max(5.6, 0.85 * cols + 3.4)
-    lines = st.wrap_lines(notes, width)
-    fig = st.new_figure(width, max(3.4, 0.45 * rows + 2.0) + 0.17 * len(lines))
+    lines = wrap_lines(notes, width)
+    fig = new_figure(width, max(3.4, 0.45 * rows + 2.0) + 0.17 * len(lines))
     ax = fig.add_subplot()
     shown = table.sort_index(ascending=False)  # largest student on top
     annot_size = 10 if shown.size <= 60 else 8 if shown.size <= 150 else 6
@@ -100,19 +113,19 @@ def _heatmap_figure(table: pd.DataFrame, title: str, cbar_label: str, notes: lis
         linewidths=0.5,
         linecolor="white",
         cbar_kws={"label": cbar_label, "shrink": 0.9},
-        xticklabels=[lb.fmt_num(c) for c in shown.columns],
-        yticklabels=[lb.fmt_num(s) for s in shown.index],
+        xticklabels=[fmt_num(c) for c in shown.columns],
+        yticklabels=[fmt_num(s) for s in shown.index],
     )
     ax.figure.axes[-1].yaxis.label.set_size(10)  # the colour bar's label
     ax.set_xlabel("CFG scale (1 = no guidance)")
     ax.set_ylabel("student size factor")
     ax.tick_params(axis="both", rotation=0)
     ax.set_title(title)
-    st.footnote(fig, notes)
+    footnote(fig, notes)
     return fig
 
 
-class TrajectoryHeatmaps(dt.BenchmarkPlot):
+class TrajectoryHeatmaps(BenchmarkPlot):
     """Size factor x CFG scale heatmaps of the trajectory metrics (normalised, 1 = teacher).
 
     Writes ``model_comparisons/cfg_heatmap_{path_length_similarity, trajectory_mse,
@@ -125,24 +138,24 @@ class TrajectoryHeatmaps(dt.BenchmarkPlot):
     def draw_one(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
         import pandas as pd
 
-        d = dt.ok_rows(df)
+        d = ok_rows(df)
         tables = normalised_tables(d)
         if not tables:
             return []
         out = Path(out_dir) / MODEL_COMPARISONS
         students = dt.scalar_rows(_students(d))
-        seeds = dt.seeds_phrase(dt.seed_stats(students[students["metric"].isin(list(tables))],
+        seeds = seeds_phrase(seed_stats(students[students["metric"].isin(list(tables))],
                                               ["size_factor", "cfg_scale", "metric"]))
-        avg = dt.averaged_note(students, ["size_factor", "cfg_scale"])
+        avg = averaged_note(students, ["size_factor", "cfg_scale"])
         cbar = "normalised\n(1 = teacher)"
         paths = []
-        with st.plot_style():
+        with plot_style():
             for metric, (_raw, norm, note) in tables.items():
                 stem = lb.SEED_FILE_NAMES.get(metric, metric)
                 title = lb.label(metric)
                 fig = _heatmap_figure(norm, f"{title[0].upper()}{title[1:]} vs teacher", cbar,
                                       [f"Normalised to [0, 1], 1 = teacher: {note}.", f"Cell: {seeds}.", avg])
-                paths.append(st.save(fig, out, f"cfg_heatmap_{stem}.png"))
+                paths.append(save_figure(fig, out / f"cfg_heatmap_{stem}.png"))
             stacked = pd.concat([norm for _r, norm, _n in tables.values()], keys=list(tables))
             combined = stacked.groupby(level=1).mean()
             fig = _heatmap_figure(
@@ -155,7 +168,7 @@ class TrajectoryHeatmaps(dt.BenchmarkPlot):
                     avg,
                 ],
             )
-            paths.append(st.save(fig, out, "cfg_heatmap_combined.png"))
+            paths.append(save_figure(fig, out / "cfg_heatmap_combined.png"))
         return paths
 
 
@@ -168,7 +181,7 @@ def radar_table(df: pd.DataFrame, cfg_scale: float | None = None) -> tuple[pd.Da
     """
     import pandas as pd
 
-    d = dt.ok_rows(df)
+    d = ok_rows(df)
     students = dt.scalar_rows(_students(d))
     if cfg_scale is not None:
         students = students[np.isclose(students["cfg_scale"], float(cfg_scale))]
@@ -176,7 +189,7 @@ def radar_table(df: pd.DataFrame, cfg_scale: float | None = None) -> tuple[pd.Da
     cols, notes = {}, []
     for m in metrics:
         rows = students[students["metric"] == m]
-        per_size = dt.seed_stats(rows, ["size_factor"]).set_index("size_factor")["mean"]
+        per_size = seed_stats(rows, ["size_factor"]).set_index("size_factor")["mean"]
         higher = lb.higher_is_better(d, m)
         scale = None
         if not higher:
@@ -212,7 +225,7 @@ def _radar_polygon(ax: Any, angles: np.ndarray, values: np.ndarray, color: Any, 
         ax.fill(a, v, color=color, alpha=fill)
 
 
-class TrajectoryRadar(dt.BenchmarkPlot):
+class TrajectoryRadar(BenchmarkPlot):
     """Radar plots of the normalised trajectory metrics per student size (1 = teacher).
 
     Writes ``model_comparisons/radar_plot_grid.png`` (one radar per size factor) and
@@ -238,51 +251,51 @@ class TrajectoryRadar(dt.BenchmarkPlot):
         metrics = list(table.columns)
         sizes = list(table.index)
         colors = st.size_colors(sizes)
-        students = dt.scalar_rows(_students(dt.ok_rows(df)))
+        students = dt.scalar_rows(_students(ok_rows(df)))
         if cfg is not None:
-            where, averaged = f"CFG scale {lb.fmt_num(cfg)}", ""
+            where, averaged = f"CFG scale {fmt_num(cfg)}", ""
         else:
             where = "mean over CFG scales"
-            averaged = " and over CFG scales " + ", ".join(lb.fmt_num(c) for c in sorted(students["cfg_scale"].unique()))
-        seeds = dt.seeds_phrase(dt.seed_stats(students[students["metric"].isin(metrics)], ["size_factor", "metric"]))
+            averaged = " and over CFG scales " + ", ".join(fmt_num(c) for c in sorted(students["cfg_scale"].unique()))
+        seeds = seeds_phrase(seed_stats(students[students["metric"].isin(metrics)], ["size_factor", "metric"]))
         notes_text = [
             "Normalised to [0, 1], 1 = teacher (outer ring): " + "; ".join(notes) + ".",
             f"Values: {seeds}{averaged}.",
         ]
         paths = []
-        with st.plot_style():
+        with plot_style():
             # Placed by hand (constrained layout does not see polar spoke labels), in inches: circle diameter D, room above it for the panel title and the
             # top spoke label, below it for the bottom spoke label, and a band for the suptitle.
             rows, cols = st.grid_shape(len(sizes), 4)
             diam, above, below, cell_w, head = 2.6, 1.1, 0.6, 4.0, 0.55
             cell_h = above + diam + below
             width, height = cell_w * cols, head + cell_h * rows
-            fig = st.new_figure(width, height, layout=None)
+            fig = new_figure(width, height, layout=None)
             for i, s in enumerate(sizes):
                 r, c = divmod(i, cols)
                 left = c * cell_w + (cell_w - diam) / 2
                 bottom = height - head - r * cell_h - above - diam
                 ax = fig.add_axes((left / width, bottom / height, diam / width, diam / height), projection="polar")
                 angles = _radar_axes(ax, metrics, 8.5)
-                _radar_polygon(ax, angles, table.loc[s].to_numpy(dtype=float), colors[s], lb.fmt_num(s))
+                _radar_polygon(ax, angles, table.loc[s].to_numpy(dtype=float), colors[s], fmt_num(s))
                 tier = _tier(students, s)
-                ax.set_title(f"size {lb.fmt_num(s)}" + (f" ({tier})" if tier else ""), pad=30, fontsize=12)
+                ax.set_title(f"size {fmt_num(s)}" + (f" ({tier})" if tier else ""), pad=30, fontsize=12)
             fig.suptitle(f"Trajectory metrics vs teacher per student size ({where})", y=1 - 0.1 / height)
-            st.footnote(fig, notes_text)
-            paths.append(st.save(fig, out, "radar_plot_grid.png"))
+            footnote(fig, notes_text)
+            paths.append(save_figure(fig, out / "radar_plot_grid.png"))
 
-            fig = st.new_figure(8.6, 7.0, layout=None)
+            fig = new_figure(8.6, 7.0, layout=None)
             ax = fig.add_axes((0.1, 0.12, 0.62, 0.72), projection="polar")
             angles = _radar_axes(ax, metrics, 10.5)
             ax.tick_params(axis="x", pad=18)
             fill = 0.06 if len(sizes) <= 4 else 0.0  # stacked fills of many sizes turn opaque
             for s in sizes:
-                _radar_polygon(ax, angles, table.loc[s].to_numpy(dtype=float), colors[s], f"size {lb.fmt_num(s)}",
+                _radar_polygon(ax, angles, table.loc[s].to_numpy(dtype=float), colors[s], f"size {fmt_num(s)}",
                                fill=fill)
             ax.legend(title="student", loc="upper left", bbox_to_anchor=(1.15, 1.05))
             fig.suptitle(f"All student sizes vs teacher ({where})", y=0.98)
-            st.footnote(fig, notes_text)
-            paths.append(st.save(fig, out, "composite_radar_plot.png"))
+            footnote(fig, notes_text)
+            paths.append(save_figure(fig, out / "composite_radar_plot.png"))
         return paths
 
 

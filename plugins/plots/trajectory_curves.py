@@ -14,6 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from harness import (
+    BenchmarkPlot,
+    averaged_note,
+    fmt_num,
+    footnote,
+    new_figure,
+    ok_rows,
+    plot_style,
+    save_figure,
+    seed_stats,
+    spread_note,
+)
 from plugins.plots import _data as dt
 from plugins.plots import _labels as lb
 from plugins.plots import _style as st
@@ -44,18 +56,18 @@ def _step_figure(
     sizes = sorted(d["size_factor"].dropna().unique())
     colors = st.size_colors(sizes)
     rows, cols = st.grid_shape(len(metrics), 2)
-    fig = st.new_figure(5.4 * cols + 1.6, 3.7 * rows + 0.5)
+    fig = new_figure(5.4 * cols + 1.6, 3.7 * rows + 0.5)
     axes = st.panel_grid(fig, len(metrics), 2)
     stats_all = []
     for ax, m in zip(axes, metrics):
         rows_m = d[d["metric"] == m]
-        stats = dt.seed_stats(rows_m, ["size_factor", "timestep"])
+        stats = seed_stats(rows_m, ["size_factor", "timestep"])
         stats_all.append(stats)
         for s in sizes:
             part = stats[np.isclose(stats["size_factor"], s)].sort_values("timestep")
             if len(part):
                 st.errorbar(ax, part["timestep"], part["mean"], part["std"], band=True, color=colors[s],
-                            label=f"size {lb.fmt_num(s)}")
+                            label=f"size {fmt_num(s)}")
         teacher = stats[stats["size_factor"].isna()].sort_values("timestep")
         if include_teacher and len(teacher):
             st.errorbar(ax, teacher["timestep"], teacher["mean"], teacher["std"], band=True,
@@ -70,11 +82,11 @@ def _step_figure(
     fig.suptitle(title)
     import pandas as pd
 
-    st.footnote(fig, [dt.spread_note(pd.concat(stats_all), "bands"), *extra_notes])
+    footnote(fig, [spread_note(pd.concat(stats_all), "bands"), *extra_notes])
     return fig
 
 
-class TimeDependent(dt.BenchmarkPlot):
+class TimeDependent(BenchmarkPlot):
     """How the trajectory metrics evolve over the sampling steps, per student size.
 
     Writes ``time_dependent/trajectory_metrics_vs_timestep_cfg<scale>.png``: one figure
@@ -84,23 +96,23 @@ class TimeDependent(dt.BenchmarkPlot):
     name = "time_dependent"
 
     def draw_one(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
-        d = dt.unpruned(dt.ok_rows(df))
+        d = dt.unpruned(ok_rows(df))
         metrics = dt.metrics_in(d, [m + "_t" for m in lb.TRAJECTORY_METRICS])
         d = d[d["metric"].isin(metrics) & d["timestep"].notna() & d["size_factor"].notna()]
         if not metrics or not len(d):
             return []
         out = Path(out_dir) / "time_dependent"
         paths = []
-        with st.plot_style():
+        with plot_style():
             for cfg in sorted(d["cfg_scale"].unique()):
                 part = d[np.isclose(d["cfg_scale"], cfg)]
-                fig = _step_figure(part, metrics, f"Trajectory metrics per step vs teacher (CFG {lb.fmt_num(cfg)})",
-                                   False, [dt.averaged_note(part, ["size_factor", "cfg_scale"])])
-                paths.append(st.save(fig, out, f"trajectory_metrics_vs_timestep_cfg{lb.fmt_num(cfg)}.png"))
+                fig = _step_figure(part, metrics, f"Trajectory metrics per step vs teacher (CFG {fmt_num(cfg)})",
+                                   False, [averaged_note(part, ["size_factor", "cfg_scale"])])
+                paths.append(save_figure(fig, out / f"trajectory_metrics_vs_timestep_cfg{fmt_num(cfg)}.png"))
         return paths
 
 
-class NoisePredictionPlot(dt.BenchmarkPlot):
+class NoisePredictionPlot(BenchmarkPlot):
     """Noise-prediction error and agreement with the teacher per timestep and size.
 
     Writes ``noise_prediction/noise_prediction_vs_timestep.png`` (``noise_prediction_mse_t``
@@ -112,7 +124,7 @@ class NoisePredictionPlot(dt.BenchmarkPlot):
     name = "noise_prediction"
 
     def draw_one(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
-        d = dt.unpruned(dt.ok_rows(df))
+        d = dt.unpruned(ok_rows(df))
         step_metrics = dt.metrics_in(d, ["noise_prediction_mse_t", "eps_agreement_t"])
         overall = dt.metrics_in(dt.scalar_rows(d), ["noise_prediction_mse", "eps_agreement"])
         if not step_metrics and not overall:
@@ -120,21 +132,21 @@ class NoisePredictionPlot(dt.BenchmarkPlot):
         out = Path(out_dir) / "noise_prediction"
         paths = []
         note = "Real held-out images, no guidance: values are averaged over the CFG cells."
-        with st.plot_style():
+        with plot_style():
             if step_metrics:
                 part = d[d["metric"].isin(step_metrics) & d["timestep"].notna()]
                 fig = _step_figure(part, step_metrics, "Noise prediction per timestep", True,
-                                   [note, dt.averaged_note(part, ["size_factor", "cfg_scale"])])
-                paths.append(st.save(fig, out, "noise_prediction_vs_timestep.png"))
+                                   [note, averaged_note(part, ["size_factor", "cfg_scale"])])
+                paths.append(save_figure(fig, out / "noise_prediction_vs_timestep.png"))
             if overall:
                 fig = _vs_size_figure(dt.scalar_rows(d), overall, "Noise prediction vs student size",
                                       "size_factor", by_cfg=False, notes=[note])
                 if fig is not None:
-                    paths.append(st.save(fig, out, "noise_prediction_vs_size.png"))
+                    paths.append(save_figure(fig, out / "noise_prediction_vs_size.png"))
         return paths
 
 
-class DimensionalityPlot(dt.BenchmarkPlot):
+class DimensionalityPlot(BenchmarkPlot):
     """Dimensionality of the sampling states per timestep, and of the samples vs size.
 
     Writes ``dimensionality/dimensionality_vs_timestep_cfg<scale>.png``
@@ -146,7 +158,7 @@ class DimensionalityPlot(dt.BenchmarkPlot):
     name = "dimensionality"
 
     def draw_one(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
-        d = dt.unpruned(dt.ok_rows(df))
+        d = dt.unpruned(ok_rows(df))
         step_metrics = dt.metrics_in(d, ["effective_dim_95_t", "participation_ratio_t"])
         overall = dt.metrics_in(dt.scalar_rows(d), ["effective_dim_95", "participation_ratio"])
         if not step_metrics and not overall:
@@ -154,19 +166,19 @@ class DimensionalityPlot(dt.BenchmarkPlot):
         out = Path(out_dir) / "dimensionality"
         paths = []
         desc = "Descriptive metrics (no better direction): compare with the teacher's."
-        with st.plot_style():
+        with plot_style():
             if step_metrics:
                 part = d[d["metric"].isin(step_metrics) & d["timestep"].notna()]
                 for cfg in sorted(part["cfg_scale"].unique()):
                     p = part[np.isclose(part["cfg_scale"], cfg)]
-                    fig = _step_figure(p, step_metrics, f"Dimensionality of x_t per step (CFG {lb.fmt_num(cfg)})", True,
-                                       [desc, dt.averaged_note(p, ["size_factor", "cfg_scale"])])
-                    paths.append(st.save(fig, out, f"dimensionality_vs_timestep_cfg{lb.fmt_num(cfg)}.png"))
+                    fig = _step_figure(p, step_metrics, f"Dimensionality of x_t per step (CFG {fmt_num(cfg)})", True,
+                                       [desc, averaged_note(p, ["size_factor", "cfg_scale"])])
+                    paths.append(save_figure(fig, out / f"dimensionality_vs_timestep_cfg{fmt_num(cfg)}.png"))
             if overall:
                 fig = _vs_size_figure(dt.scalar_rows(d), overall, "Dimensionality of the final samples vs size",
                                       "size_factor", notes=[desc])
                 if fig is not None:
-                    paths.append(st.save(fig, out, "dimensionality_vs_size.png"))
+                    paths.append(save_figure(fig, out / "dimensionality_vs_size.png"))
         return paths
 
 
@@ -201,9 +213,9 @@ def _vs_size_figure(
     colors = st.cfg_colors([c for c in cfgs if c is not None]) if by_cfg else {None: "C0"}
     rows, cols = st.grid_shape(len(metrics), max_cols)
     if len(metrics) == 1:
-        fig = st.new_figure(7.0, 5.0)
+        fig = new_figure(7.0, 5.0)
     else:
-        fig = st.new_figure(4.6 * cols + 2.2, 3.6 * rows + 0.8)
+        fig = new_figure(4.6 * cols + 2.2, 3.6 * rows + 0.8)
     axes = st.panel_grid(fig, len(metrics), max_cols)
     all_stats = []
     xs_all = students[x].dropna()
@@ -220,7 +232,7 @@ def _vs_size_figure(
     _vs_size_legend(fig, axes, has_teacher=bool(len(teacher)), per_cfg=by_cfg and len(cfgs) > 1,
                     inside=len(metrics) == 1)
     fig.suptitle(title)
-    st.footnote(fig, _vs_size_notes(d, all_stats, x, len(metrics) > 1, by_cfg, notes))
+    footnote(fig, _vs_size_notes(d, all_stats, x, len(metrics) > 1, by_cfg, notes))
     return fig
 
 
@@ -236,7 +248,7 @@ def _vs_size_lines(ax: Any, part_m: pd.DataFrame, teacher_m: pd.DataFrame, cfgs:
             tpart = tpart[np.isclose(tpart["cfg_scale"], cfg)]
         if not len(part):
             continue
-        stats = dt.seed_stats(part, ["size_factor"])
+        stats = seed_stats(part, ["size_factor"])
         if x == "param_ratio":
             xs = dt.column_mean(part, ["size_factor"], "param_ratio").set_index("size_factor")["param_ratio"]
             stats["x"] = stats["size_factor"].map(xs)
@@ -244,7 +256,7 @@ def _vs_size_lines(ax: Any, part_m: pd.DataFrame, teacher_m: pd.DataFrame, cfgs:
             stats["x"] = stats["size_factor"]
         stats = stats.sort_values("x")
         drawn.append(stats)
-        name = "students" if cfg is None else f"CFG {lb.fmt_num(cfg)}"
+        name = "students" if cfg is None else f"CFG {fmt_num(cfg)}"
         st.errorbar(ax, stats["x"], stats["mean"], stats["std"], color=colors[cfg], label=name)
         if len(tpart):
             tv = tpart.groupby("seed")["value"].mean().mean()
@@ -288,15 +300,15 @@ def _vs_size_notes(d: pd.DataFrame, all_stats: list[pd.DataFrame], x: str, sever
     caller's ``notes``, and what was averaged over."""
     import pandas as pd
 
-    lines = [dt.spread_note(pd.concat(all_stats)) if all_stats else ""]
+    lines = [spread_note(pd.concat(all_stats)) if all_stats else ""]
     if several:
         lines.append(f"x axis: {_X_LABELS[x].replace(chr(10), ' ')}.")
     lines.extend(notes or [])
-    lines.append(dt.averaged_note(d, ["size_factor", "cfg_scale"] if by_cfg else ["size_factor"]))
+    lines.append(averaged_note(d, ["size_factor", "cfg_scale"] if by_cfg else ["size_factor"]))
     return lines
 
 
-class FIDvsSize(dt.BenchmarkPlot):
+class FIDvsSize(BenchmarkPlot):
     """FID (fid_digits and/or fid) vs student size factor, a line per CFG scale.
 
     Writes ``fid/fid_digits_vs_size.png`` and/or ``fid/fid_vs_size.png``; the teacher's
@@ -306,19 +318,19 @@ class FIDvsSize(dt.BenchmarkPlot):
     name = "fid_vs_size"
 
     def draw_one(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
-        d = dt.scalar_rows(dt.unpruned(dt.ok_rows(df)))
+        d = dt.scalar_rows(dt.unpruned(ok_rows(df)))
         if not len(d) or not d["size_factor"].notna().any():
             return []
         paths = []
-        with st.plot_style():
+        with plot_style():
             for m in dt.metrics_in(d, ["fid_digits", "fid"]):
                 fig = _vs_size_figure(d, [m], f"{lb.label(m)} vs student size (lower is better)", "size_factor")
                 if fig is not None:
-                    paths.append(st.save(fig, Path(out_dir) / "fid", f"{m}_vs_size.png"))
+                    paths.append(save_figure(fig, Path(out_dir) / "fid" / f"{m}_vs_size.png"))
         return paths
 
 
-class SizeDependent(dt.BenchmarkPlot):
+class SizeDependent(BenchmarkPlot):
     """Every scalar metric vs student size factor and vs measured parameter ratio.
 
     Writes ``size_dependent/metrics_vs_size_factor.png`` and
@@ -329,14 +341,14 @@ class SizeDependent(dt.BenchmarkPlot):
     name = "size_dependent"
 
     def draw_one(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
-        d = dt.scalar_rows(dt.unpruned(dt.ok_rows(df)))
+        d = dt.scalar_rows(dt.unpruned(ok_rows(df)))
         if not len(d) or not d["size_factor"].notna().any():
             return []
         students = d[d["size_factor"].notna()]
         metrics = sorted(students["metric"].unique(), key=_metric_order)
         arrows = {m: lb.direction_mark(d, m) for m in metrics}
         paths = []
-        with st.plot_style():
+        with plot_style():
             for x in ("size_factor", "param_ratio"):
                 fig = _vs_size_figure(d, metrics, f"Metrics vs student {x.replace('_', ' ')}", x, max_cols=4,
                                       notes=["↑ / ↓ in panel titles: higher / lower is better; dashed: the teacher."])
@@ -344,7 +356,7 @@ class SizeDependent(dt.BenchmarkPlot):
                     continue
                 for ax, m in zip(fig.axes, metrics):
                     ax.set_title(f"{lb.label(m)} {arrows[m]}", fontsize=10)
-                paths.append(st.save(fig, Path(out_dir) / "size_dependent", f"metrics_vs_{x}.png"))
+                paths.append(save_figure(fig, Path(out_dir) / "size_dependent" / f"metrics_vs_{x}.png"))
         return paths
 
 

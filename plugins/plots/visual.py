@@ -20,9 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness import decode_blob
-from plugins.plots import _data as dt
-from plugins.plots import _labels as lb
+from harness import (
+    BenchmarkPlot,
+    Variant,
+    decode_blob,
+    fmt_num,
+    footnote,
+    new_figure,
+    plot_style,
+    save_figure,
+    wrap_lines,
+)
 from plugins.plots import _style as st
 from plugins.plots import _variants as vr
 
@@ -56,7 +64,7 @@ def _mosaic(images: np.ndarray, cols: int, pad: int = 1, fill: float = 0.45) -> 
 # ------------------------------------------------------------------------------ samples
 
 
-class SampleGrids(dt.BenchmarkPlot):
+class SampleGrids(BenchmarkPlot):
     """Sample grids per variant and CFG scale, from the ``sample_grid`` metric.
 
     Writes ``samples/samples_<variant>_cfg<scale>.png`` (the stored samples, 8 per row,
@@ -77,7 +85,7 @@ class SampleGrids(dt.BenchmarkPlot):
         texts = vr.label_lookup(df)
         out = Path(out_dir) / "samples"
         paths = []
-        with st.plot_style():
+        with plot_style():
             for suffix, cfg, part in vr.settings(d):
                 rows = vr.first_seed(part)
                 shown = [(names[k], rows[k]) for k in names if k in rows]
@@ -85,13 +93,13 @@ class SampleGrids(dt.BenchmarkPlot):
                     images = decode_blob(row["blob"]).astype(np.float32) / 255.0
                     fig = _grid_figure(images, texts.get(str(row["cell_id"])),
                                        f"Samples: {v.label} ({vr.title_setting(cfg, suffix)}, seed {int(row['seed'])})")
-                    paths.append(st.save(fig, out, f"samples_{v.slug}_cfg{lb.fmt_num(cfg)}{suffix}.png"))
+                    paths.append(save_figure(fig, out / f"samples_{v.slug}_cfg{fmt_num(cfg)}{suffix}.png"))
                 if len(shown) > 1:
                     fig = self._comparison(shown, texts, cfg, suffix)
-                    paths.append(st.save(fig, out, f"comparison_cfg{lb.fmt_num(cfg)}{suffix}.png"))
+                    paths.append(save_figure(fig, out / f"comparison_cfg{fmt_num(cfg)}{suffix}.png"))
         return paths
 
-    def _comparison(self, shown: list[tuple[vr.Variant, Any]], texts: dict[str, np.ndarray], cfg: float,
+    def _comparison(self, shown: list[tuple[Variant, Any]], texts: dict[str, np.ndarray], cfg: float,
                     suffix: str) -> Any:
         arrays = [decode_blob(row["blob"]).astype(np.float32) / 255.0 for _v, row in shown]
         n = min(self.comparison_columns, *(len(a) for a in arrays))
@@ -101,8 +109,8 @@ class SampleGrids(dt.BenchmarkPlot):
             f"Row: a model variant; column i: sample i, from the same initial noise and requested class in every "
             f"row (paired design). {vr.seed_note(dict(enumerate(r for _v, r in shown)))}.",
         ]
-        lines = st.wrap_lines(notes, width)
-        fig = st.new_figure(width, 0.62 * len(shown) + 1.1 + 0.17 * len(lines))
+        lines = wrap_lines(notes, width)
+        fig = new_figure(width, 0.62 * len(shown) + 1.1 + 0.17 * len(lines))
         gs = fig.add_gridspec(len(shown), n, wspace=0.04, hspace=0.04)
         for r, ((v, _row), images) in enumerate(zip(shown, arrays)):
             for c in range(n):
@@ -115,7 +123,7 @@ class SampleGrids(dt.BenchmarkPlot):
                 if r == 0 and labels is not None and c < len(labels) and len(str(labels[c])) <= 3:
                     ax.set_title(str(labels[c]), fontsize=9, fontweight="normal")
         fig.suptitle(f"Samples of every variant ({vr.title_setting(cfg, suffix)})")
-        st.footnote(fig, notes + (["Column titles: requested class."] if labels is not None else []))
+        footnote(fig, notes + (["Column titles: requested class."] if labels is not None else []))
         return fig
 
 
@@ -134,7 +142,7 @@ def _grid_figure(images: np.ndarray, texts: np.ndarray | None, title: str) -> An
         notes.append("Corner number: the requested class.")
     elif texts is not None:
         notes.append("Conditions are prompts (not drawn).")
-    fig = st.new_figure(6.2, 6.6 + 0.17 * len(st.wrap_lines(notes, 6.2)))
+    fig = new_figure(6.2, 6.6 + 0.17 * len(wrap_lines(notes, 6.2)))
     ax = fig.add_subplot()
     ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     st.bare(ax)
@@ -144,14 +152,14 @@ def _grid_figure(images: np.ndarray, texts: np.ndarray | None, title: str) -> An
             ax.text(k * (w + pad) + 0.6, r * (h + pad) + 0.4, str(texts[i]), ha="left", va="top", fontsize=7.5,
                     color="#ffd54f", path_effects=[pe.withStroke(linewidth=1.6, foreground="black")])
     ax.set_title(title)
-    st.footnote(fig, notes)
+    footnote(fig, notes)
     return fig
 
 
 # ------------------------------------------------------------------------------ denoising
 
 
-class DenoisingPlot(dt.BenchmarkPlot):
+class DenoisingPlot(BenchmarkPlot):
     """Denoising strips: x_t over the sampler steps, a row per variant, from ``denoising_strip``.
 
     Writes ``denoising/denoising_cfg<scale>.png``: columns are evenly spaced sampler
@@ -170,7 +178,7 @@ class DenoisingPlot(dt.BenchmarkPlot):
         names = vr.variants(d)
         out = Path(out_dir) / "denoising"
         paths = []
-        with st.plot_style():
+        with plot_style():
             for suffix, cfg, part in vr.settings(d):
                 rows = vr.first_seed(part)
                 shown = [(names[k], decode_blob(rows[k]["blob"]).astype(np.float32), rows[k]) for k in names if k in rows]
@@ -182,8 +190,8 @@ class DenoisingPlot(dt.BenchmarkPlot):
                     f"One sample. {vr.seed_note({v.key: r for v, _s, r in shown})}.",
                 ]
                 width = 2.2 + 1.05 * cols
-                lines = st.wrap_lines(notes, width)
-                fig = st.new_figure(width, 1.05 * len(shown) + 1.0 + 0.17 * len(lines))
+                lines = wrap_lines(notes, width)
+                fig = new_figure(width, 1.05 * len(shown) + 1.0 + 0.17 * len(lines))
                 gs = fig.add_gridspec(len(shown), cols, wspace=0.05, hspace=0.08)
                 for r, (v, strip, row) in enumerate(shown):
                     idx = kept_states(int(row["steps"]) + 1, len(strip))
@@ -197,7 +205,7 @@ class DenoisingPlot(dt.BenchmarkPlot):
                         if c == 0:
                             ax.set_ylabel(v.label, rotation=0, ha="right", va="center", fontsize=9)
                 fig.suptitle(f"Denoising trajectories ({vr.title_setting(cfg, suffix)})")
-                st.footnote(fig, notes)
-                paths.append(st.save(fig, out, f"denoising_cfg{lb.fmt_num(cfg)}{suffix}.png"))
+                footnote(fig, notes)
+                paths.append(save_figure(fig, out / f"denoising_cfg{fmt_num(cfg)}{suffix}.png"))
         return paths
 
