@@ -34,10 +34,11 @@ __version__ = "0.1.0"
 _API: dict[str, str] = {
     **dict.fromkeys(
         ["Plugin", "Conditions", "Dataset", "DiffusionModel", "Executor", "ImageBatch", "Metric",
-         "MetricContext", "ModelFamily", "Plot", "PruneContext", "Pruner", "SampleOutput", "TrainContext",
+         "ModelFamily", "Plot", "Pruner", "SampleOutput",
          "Worker", "WorkUnit"],
         "harness.base",
     ),
+    **dict.fromkeys(["MetricContext", "PruneContext", "TrainContext"], "harness.contexts"),
     "options_dict": "harness.options",
     **dict.fromkeys(["hookimpl", "hookspec"], "harness.hookspecs"),
     **dict.fromkeys(["UserError", "ConfigError", "MissingFileError", "CellError", "did_you_mean"], "harness.errors"),
