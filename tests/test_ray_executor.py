@@ -18,7 +18,6 @@ import math
 import os
 import sys
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -35,6 +34,7 @@ from harness.config import load_matrix  # noqa: E402
 from harness.worker import UnitWorker  # noqa: E402
 from harness.errors import UserError  # noqa: E402
 from harness.planner import group_units, plan_cells  # noqa: E402
+from harness.testing.checks import StandInUnit, StandInVariant  # noqa: E402
 from harness.store import fragment_files  # noqa: E402
 from plugins.executors.ray_executor import MISSING_RAY, RayExecutor, unit_dependencies  # noqa: E402
 
@@ -182,39 +182,9 @@ def test_fail_fast_stops_a_ray_run_at_the_first_failed_cell(ray_instance, tmp_pa
 # ----------------------------------------------------------------------------- the executor itself
 
 
-@dataclass(frozen=True)
-class Root:
-    """A variant with no parent: what the stand-in units carry."""
-
-    name: str
-
-    def parent(self) -> None:
-        return None
-
-
-@dataclass(frozen=True)
-class Child:
-    """A variant derived from the teacher's (``Root("teacher")``)."""
-
-    name: str
-
-    def parent(self) -> Root:
-        return Root("teacher")
-
-
-@dataclass
-class Unit:
-    variant: Any
-    cells: list[str]
-
-    @property
-    def name(self) -> str:
-        return self.variant.name
-
-
-def units(*names: str) -> list[Unit]:
+def units(*names: str) -> list[StandInUnit]:
     """One stand-in work unit per name, whose only cell is the name."""
-    return [Unit(Root(n), [n]) for n in names]
+    return [StandInUnit(StandInVariant(n), [n]) for n in names]
 
 
 class CellWorker:
@@ -297,7 +267,8 @@ def test_units_wait_for_the_unit_that_builds_their_variant(monkeypatch):
     fake = FakeRay()
     monkeypatch.setitem(sys.modules, "ray", fake)
     # the teacher's unit listed second: the first waits for it, the third too
-    work = [Unit(Child("a"), ["a"]), Unit(Root("teacher"), ["teacher"]), Unit(Child("b"), ["b"])]
+    work = [StandInUnit(StandInVariant(n, parent), [n]) for n, parent in
+            (("a", "teacher"), ("teacher", None), ("b", "teacher"))]
     assert list(RayExecutor().run(work, Upper())) == ["TEACHER", "A", "B"]
     order = [c for c in fake.calls if c[0] in ("submit", "get")]
     assert order[:2] == [("submit", "teacher"), ("get", ["TEACHER"])]  # nothing else before its result
