@@ -101,6 +101,15 @@ def test_wrong_type(write, bench_errors):
     ]
 
 
+@pytest.mark.parametrize(("value", "message"), [
+    ("0", "Input should be greater than or equal to 1 (got 0)"),
+    ('"two"', "Input should be a valid integer, unable to parse string as an integer (got 'two')"),
+])
+def test_bad_thread_count(write, bench_errors, value, message):
+    path = write(matrix_text())
+    assert bench_errors(path, "--set", f"execution.threads={value}") == [f"{path}: execution.threads: {message}"]
+
+
 def test_wrong_literal_value_gets_did_you_mean(write, bench_errors):
     path = write(matrix_text(sampling='cfg_batching = "concatt"'))
     assert bench_errors(path) == [
