@@ -63,6 +63,8 @@ _API: dict[str, str] = {
          "seeds_phrase", "spread_note", "averaged_note"],
         "harness.plotting",
     ),
+    **dict.fromkeys(["FeatureExtractor", "get_feature_extractor", "reference_features",
+                     "unit_length_kernel_features"], "harness.features"),
     "offline": "harness.env",
     "load_results": "harness.results",
     **dict.fromkeys(["build_registry", "get_plugin_manager"], "harness.registry"),

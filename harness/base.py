@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import torch
 
-PLUGIN_KINDS = ("datasets", "models", "pruners", "metrics", "executors", "plots")
+PLUGIN_KINDS = ("datasets", "models", "pruners", "metrics", "features", "executors", "plots")
 
 #: what a metric may name in ``requires`` (see :class:`MetricContext`)
 METRIC_REQUIREMENTS = frozenset(
@@ -113,12 +113,16 @@ class Dataset(Plugin):
     ``conditions_version``: bump it when ``sample_conditions`` draws other conditions for
     the same seed; it enters the sample sets' cache keys (not the models': the training
     data did not change), so no stale sample set or metric value is reused.
+    ``default_features``: the feature extractor (``bench list features``) that the
+    distribution metrics (``fid``, ``kid``, ``prdc``, ``fid_inf``) use on this dataset
+    unless their ``features`` option names another.
     """
 
     image_size: int = 16
     channels: int = 1
     num_classes: int | None = None
     conditions_version: ClassVar[int] = 1
+    default_features: ClassVar[str] = "inception"
 
     @classmethod
     def kind_name(cls) -> str:
@@ -445,10 +449,6 @@ class Plot(Plugin):
 
     def draw(self, df: pd.DataFrame, out_dir: Path) -> list[Path]:
         raise NotImplementedError
-
-
-KIND_BASES: dict[str, type[Plugin]] = {"datasets": Dataset, "models": ModelFamily, "pruners": Pruner,
-                                       "metrics": Metric, "executors": Executor, "plots": Plot}
 
 
 __all__ = ["Conditions", "Dataset", "DiffusionModel", "Executor", "ImageBatch", "Metric", "MetricContext",

@@ -28,7 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from harness.registry import Registry
 
 KIND_ALIASES = {"pruning": "pruners", "pruner": "pruners", "dataset": "datasets", "model": "models",
-                "metric": "metrics", "executor": "executors", "plot": "plots"}
+                "metric": "metrics", "executor": "executors", "plot": "plots",
+                "feature": "features", "extractor": "features", "extractors": "features"}
 
 
 def _add_matrix_args(p: argparse.ArgumentParser) -> None:

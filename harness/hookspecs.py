@@ -65,6 +65,15 @@ def bench_register_metrics(register: Register) -> None:
 
 
 @hookspec
+def bench_register_features(register: Register) -> None:
+    """Register feature extractors (subclasses of :class:`harness.features.FeatureExtractor`).
+
+    :param register: call ``register(cls)`` once per extractor; ``cls.name`` is the name
+        used in a metric's ``features`` option and in :func:`harness.get_feature_extractor`.
+    """
+
+
+@hookspec
 def bench_register_executors(register: Register) -> None:
     """Register executors (subclasses of :class:`harness.base.Executor`).
 

@@ -151,7 +151,8 @@ class MetricStage:
 def normalise_metric_result(name: str, result: Any) -> list[dict[str, Any]]:
     """float | {name: float} | [row dicts] -> row dicts with finite float values.
 
-    A row dict may carry ``reference`` (str: the reference statistics it was measured
+    A row dict may carry ``value_sd`` (float: the metric's own uncertainty of ``value``,
+    e.g. KID's s.d. over subsets), ``reference`` (str: the reference statistics it was measured
     against), ``num_reference`` (int: how many real images they hold), ``timestep``,
     ``higher_is_better`` and ``blob``: bytes (the ``.npy`` of a small array, see
     ``harness.schema.encode_blob``); other extra keys are dropped.
@@ -174,6 +175,8 @@ def _clean_row(name: str, r: dict[str, Any]) -> dict[str, Any]:
     clean: dict[str, Any] = {"metric": str(r["metric"]), "value": value}
     if r.get("timestep") is not None:
         clean["timestep"] = float(r["timestep"])
+    if r.get("value_sd") is not None:
+        clean["value_sd"] = float(r["value_sd"])
     if "higher_is_better" in r:
         clean["higher_is_better"] = bool(r["higher_is_better"])
     if r.get("reference") is not None:  # which reference statistics (FID-like metrics)

@@ -22,8 +22,9 @@ from typing import Any
 import pluggy
 
 from harness import hookspecs
-from harness.base import KIND_BASES, PLUGIN_KINDS, Plugin
+from harness.base import PLUGIN_KINDS, Dataset, Executor, Metric, ModelFamily, Plot, Plugin, Pruner
 from harness.errors import PluginError, UserError, did_you_mean, valid_choices
+from harness.features import FeatureExtractor
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ BLOCK_ENV = "DIFFBENCH_BLOCK_PLUGINS"
 #: the distribution whose entry points are the built-ins
 BUILTIN_DIST = "diffbench"
 
+#: the base class every plugin of a kind subclasses
+KIND_BASES: dict[str, type[Plugin]] = {"datasets": Dataset, "models": ModelFamily, "pruners": Pruner, "metrics": Metric,
+                                       "features": FeatureExtractor, "executors": Executor, "plots": Plot}
 _HOOK_OF_KIND = {kind: f"bench_register_{kind}" for kind in PLUGIN_KINDS}
 
 

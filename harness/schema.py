@@ -53,6 +53,8 @@ COLUMNS: dict[str, pa.DataType] = {
     "speedup": pa.float64(),  # reference generation_time / this variant's
     "metric": pa.string(),
     "value": pa.float64(),
+    # the metric's own uncertainty of value: s.d. over subsets (kid), standard error (fid_inf); else NaN
+    "value_sd": pa.float64(),
     "timestep": pa.float64(),  # NaN unless a per-step row
     "higher_is_better": pa.bool_(),
     "status": pa.string(),  # ok | error
@@ -143,6 +145,7 @@ class ResultRow:
     metric: str
     status: str
     value: float = math.nan
+    value_sd: float = math.nan
     param_ratio: float = math.nan
     sparsity: float = math.nan
     reference: str | None = None

@@ -117,7 +117,7 @@ def cell_row(cfg: BenchConfig, cell: Cell, r: dict[str, Any], inputs: CellInputs
     measured cell, its variant's sizes (``inputs``)."""
     sf = cell.axes["size_factor"]
     columns = {"num_samples": cell.sampling.num_samples, **_size_columns(inputs)}
-    extra = {k: r[k] for k in ("reference", "num_reference", "blob") if r.get(k) is not None}
+    extra = {k: r[k] for k in ("value_sd", "reference", "num_reference", "blob") if r.get(k) is not None}
     return ResultRow(
         cell_id=cell.cell_id,
         cell_name=cell.name,

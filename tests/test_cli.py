@@ -85,8 +85,8 @@ def test_list_accepts_singular_kinds(capsys):
 def test_list_unknown_kind(capsys):
     code, out, err = bench(capsys, "list", "bogus")
     assert code == 2
-    assert err == ("error: bench list bogus: unknown kind; valid: 'datasets', 'executors', 'metrics', 'models', "
-                   "'plots', 'pruners'\n")
+    assert err == ("error: bench list bogus: unknown kind; valid: 'datasets', 'executors', 'features', 'metrics', "
+                   "'models', 'plots', 'pruners'\n")
     code, out, err = bench(capsys, "list", "prunrs")
     assert code == 2
     assert err.startswith("error: bench list prunrs: unknown kind (did you mean 'pruners'?); valid: ")

@@ -466,9 +466,13 @@ class PlotContract(_NameContract):
         assert not missing, f"{self.plot_cls.__name__}.draw returned paths it did not write: {missing}"
 
 
+# a module of its own (this one is long); it builds on _NameContract above
+from harness.testing.feature_contract import FeatureExtractorContract  # noqa: E402
+
 CONTRACTS = {
     "pruners": (PrunerContract, "pruner_cls"),
     "metrics": (MetricContract, "metric_cls"),
+    "features": (FeatureExtractorContract, "extractor_cls"),
     "models": (ModelFamilyContract, "family_cls"),
     "datasets": (DatasetContract, "dataset_cls"),
     "executors": (ExecutorContract, "executor_cls"),
