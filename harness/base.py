@@ -368,11 +368,16 @@ class Metric(Plugin):
     that recomputes a cell does not compute them again. Set it to ``False`` for a metric
     that only reads what the runner already keeps (``sampling_stats``): computing it
     costs less than a cache entry.
+
+    ``sample_size_biased``: the expected value depends on the number of samples (FID's
+    estimator is biased upwards at small n): ``bench report`` and ``bench results`` warn
+    when one table compares its values computed at different ``num_samples``.
     """
 
     higher_is_better: ClassVar[bool] = True
     requires: ClassVar[frozenset[str]] = frozenset({"samples"})
     cached: ClassVar[bool] = True
+    sample_size_biased: ClassVar[bool] = False
 
     @classmethod
     def kind_name(cls) -> str:
