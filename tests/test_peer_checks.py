@@ -233,23 +233,14 @@ def test_frechet_distance_full_rank_matches_a_50_digit_reference() -> None:
 
 
 def test_frechet_distance_with_fewer_samples_than_dimensions_matches_a_50_digit_reference() -> None:
-    """n = 20 < d = 64 (ranks 19 of 64) vs the nuclear-norm form at 50 digits: rel 1e-7 (observed 1.4e-8).
+    """n = 20 < d = 64 (ranks 19 of 64) vs the nuclear-norm form at 50 digits: rel 1e-12.
 
-    What limits it: the D - n + 1 zero eigenvalues of C1^(1/2) C2 C1^(1/2) come out of
-    float64 ``eigvalsh`` as +-1e-16 relative noise, and their square roots (1e-8
-    relative) are summed; see the xfail test below.
+    The D - n + 1 zero eigenvalues of C1^(1/2) C2 C1^(1/2) come out of float64 ``eigh``
+    as +-1e-16 noise; summing their square roots cost 1-2e-8 relative until
+    ``_frechet`` set them to 0 (clean-fid's sqrtm-based function: 2.6e-8).
     """
-    assert frechet_relative_error(20, 64, trace_sqrt_nuclear) < 1e-7
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="_frechet.trace_sqrt_product sums sqrt of rounding-noise eigenvalues (each ~1e-8 relative) of the "
-    "rank-deficient product when n < d, so the distance is off by 1-2e-8 relative; zeroing eigenvalues below "
-    "d * eps * max(eig) in both eigh steps gives 1e-15 here",
-)
-def test_frechet_distance_with_fewer_samples_than_dimensions_to_float64_precision() -> None:
-    assert frechet_relative_error(20, 64, trace_sqrt_nuclear) < 1e-12
+    for n, d in ((20, 64), (10, 64), (32, 128)):
+        assert frechet_relative_error(n, d, trace_sqrt_nuclear) < 1e-12, (n, d)
 
 
 # ------------------------------------------------------- one DDIM / DDPM step
