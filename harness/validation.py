@@ -8,6 +8,8 @@ as ``FILE: key.path: what is wrong; what is valid`` lines, raised together as on
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import math
 import os
@@ -129,7 +131,21 @@ class Validator:
         except ConfigError as exc:
             self.problems.append(f"{self.path}: {exc}")
             return False
-        return True
+        return self._plugin_references(cls, options, where)
+
+    def _plugin_references(self, cls: type, options: dict[str, Any], where: str) -> bool:
+        """Options that name another plugin (dataclass field metadata ``{"plugin": KIND}``,
+        e.g. a metric's ``features``) must name a registered one."""
+        options_cls = getattr(cls, "Options", None)
+        ok = True
+        for f in dataclasses.fields(options_cls) if dataclasses.is_dataclass(options_cls) else ():
+            kind, value = f.metadata.get("plugin"), options.get(f.name)
+            if kind and value is not None and value not in self.registry.plugins[kind]:
+                names = self.registry.names(kind)
+                self.fail(f"{where}.{f.name}", f"unknown {_singular(kind)} '{value}'{did_you_mean(value, names)}; "
+                          f"{valid_choices(names)}")
+                ok = False
+        return ok
 
     def _resolve(self, m: MatrixFile) -> BenchConfig:
         dataset_opts = dict(m.dataset.model_extra or {})
@@ -420,7 +436,7 @@ def _literal_values(expected: str) -> list[str]:
 
 def _singular(kind: str) -> str:
     return {"datasets": "dataset", "models": "model", "pruners": "pruner", "metrics": "metric",
-            "executors": "executor", "plots": "plot"}[kind]
+            "features": "feature extractor", "executors": "executor", "plots": "plot"}[kind]
 
 
 __all__ = ["Validator", "leaves_its_folder"]
