@@ -202,6 +202,23 @@ def test_features_are_a_fixed_function_of_each_image_and_its_options(capsys, tmp
         RandconvFeatures(filters=0)
 
 
+def test_the_docs_show_the_extractor_bench_new_writes():
+    import re
+
+    from harness.scaffold import render
+
+    doc = (REPO / "docs" / "writing_plugins.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", doc, re.DOTALL)
+               if b.startswith("# diffbench_rand_conv/features.py")]
+    written = render("features", "rand_conv")["diffbench_rand_conv/features.py"].splitlines()
+    shown = [line for line in block.splitlines()[1:] if line.strip()]
+    # every line as written, but the class docstring's first line only
+    first_line = {line + '"""' for line in written if line.startswith('    """')}
+    assert len(shown) > 30 and [line for line in shown if line not in written and line not in first_line] == []
+    methods = [line for line in written if line.lstrip().startswith(("def ", "class "))]
+    assert methods == [line for line in shown if line.lstrip().startswith(("def ", "class "))]
+
+
 # ------------------------------------------------------------------------------ errors
 
 
