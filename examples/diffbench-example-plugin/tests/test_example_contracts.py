@@ -48,11 +48,11 @@ def test_patch_stats_of_a_known_image():
 
 def test_feature_mean_gap_is_the_unbiased_linear_mmd():
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(7, 3, generator=gen), torch.randn(5, 3, generator=gen) + 1
-    k = lambda a, b: (a.double() @ b.double().T) / 3  # noqa: E731
-    off = lambda m: (m.sum() - m.diagonal().sum()) / (len(m) * (len(m) - 1))  # noqa: E731
-    direct = off(k(x, x)) + off(k(y, y)) - 2 * k(x, y).mean()
+    x, y = torch.randn(7, 3, generator=gen).double(), torch.randn(5, 3, generator=gen).double() + 1
+    kxx, kyy, kxy = x @ x.T / 3, y @ y.T / 3, x @ y.T / 3  # the kernel matrices of k(a, b) = a.b / d
+    direct = ((kxx.sum() - kxx.trace()) / (7 * 6) + (kyy.sum() - kyy.trace()) / (5 * 4) - 2 * kxy.mean())
     assert linear_mmd2_unbiased(x, y) == pytest.approx(float(direct), rel=1e-12)
+    assert linear_mmd2_unbiased(x, y) < float(((x.mean(0) - y.mean(0)) ** 2).sum() / 3)  # the plug-in overshoots
     with pytest.raises(ValueError, match="at least 2 samples"):
         linear_mmd2_unbiased(x[:1], y)
 
