@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", default=None, help="one plugin: its docstring, options with help, source")
 
     p = sub.add_parser("new", help="write a new third-party plugin package (pyproject, module, contract tests)")
-    p.add_argument("kind", help="pruner, metric, plot or dataset")
+    p.add_argument("kind", help="pruner, metric, plot, dataset or features")
     p.add_argument("name", help="the plugin's name, a Python identifier such as 'taylor'")
     p.add_argument("--dir", default=".", help="folder to create diffbench-NAME/ in (default: the current folder)")
 

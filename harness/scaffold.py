@@ -29,18 +29,20 @@ class KindSpec:
     suffix: str  # class name suffix: TaylorPruner
     contract: str  # harness.testing contract class
     cls_attr: str  # the contract's class attribute
+    noun: str  # what the prose calls one: "pruner", "feature extractor"
 
 
 KINDS: dict[str, KindSpec] = {
-    "pruner": KindSpec("pruners", "Pruner", "Pruner", "PrunerContract", "pruner_cls"),
-    "metric": KindSpec("metrics", "Metric", "Metric", "MetricContract", "metric_cls"),
-    "plot": KindSpec("plots", "Plot", "Plot", "PlotContract", "plot_cls"),
-    "dataset": KindSpec("datasets", "Dataset", "Dataset", "DatasetContract", "dataset_cls"),
+    "pruner": KindSpec("pruners", "Pruner", "Pruner", "PrunerContract", "pruner_cls", "pruner"),
+    "metric": KindSpec("metrics", "Metric", "Metric", "MetricContract", "metric_cls", "metric"),
+    "plot": KindSpec("plots", "Plot", "Plot", "PlotContract", "plot_cls", "plot"),
+    "dataset": KindSpec("datasets", "Dataset", "Dataset", "DatasetContract", "dataset_cls", "dataset"),
+    "features": KindSpec("features", "FeatureExtractor", "Features", "FeatureExtractorContract", "extractor_cls",
+                          "feature extractor"),
 }
-#: kinds a user may reach for that ``bench new`` does not write (yet): kind -> why
-NOT_AVAILABLE = {"features": "the FeatureExtractor plugin kind is not available yet"}
-#: plural and registry spellings of the kinds
-_ALIASES = {"pruners": "pruner", "pruning": "pruner", "metrics": "metric", "plots": "plot", "datasets": "dataset"}
+#: plural, singular and registry spellings of the kinds
+_ALIASES = {"pruners": "pruner", "pruning": "pruner", "metrics": "metric", "plots": "plot", "datasets": "dataset",
+            "feature": "features", "extractor": "features", "extractors": "features"}
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 #: template (under templates/new/) -> file in the package; {module} and {kind} filled in
 _FILES = {
@@ -53,10 +55,8 @@ _FILES = {
 
 
 def resolve_kind(kind: str) -> str:
-    """``pruner`` (or ``pruners``) -> ``pruner``; a one-line error for anything else."""
+    """``pruner`` (or ``pruners``) -> ``pruner``, ``extractor`` -> ``features``; a one-line error for anything else."""
     k = _ALIASES.get(kind, kind)
-    if k in NOT_AVAILABLE:
-        raise UserError(f"bench new {kind}: {NOT_AVAILABLE[k]}; {valid_choices(KINDS)}")
     if k not in KINDS:
         raise UserError(f"bench new {kind}: unknown kind{did_you_mean(kind, [*KINDS, *_ALIASES])}; "
                         f"{valid_choices(KINDS)}")
@@ -78,6 +78,7 @@ def context(kind: str, name: str) -> dict[str, str]:
     camel = "".join(part.capitalize() for part in name.split("_") if part)
     return {
         "kind": kind,
+        "noun": spec.noun,
         "registry_kind": spec.kind,
         "name": name,
         "module": f"diffbench_{name}",

@@ -271,7 +271,10 @@ pruning_method = ["none", "layer_magnitude"]
 pruning_rate = [0.5]
 
 [metrics]
-names = ["brightness_gap"]
+names = ["brightness_gap", "feature_mean_gap"]
+
+[metrics.feature_mean_gap]
+features = "patch_stats"
 
 [execution]
 device = "cpu"
@@ -284,11 +287,14 @@ def test_third_party_package(example_installed, tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert re.search(r"│ layer_magnitude +│ Layer-wise L1 magnitude pruning", out)
     assert "protect: tuple[str, ...] = ()" in out
+    assert main(["list", "features"]) == 0
+    assert re.search(r"│ patch_stats +│ Patch statistics: mean and standard deviation", capsys.readouterr().out)
 
     assert main(["plugins"]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if "diffbench_example" in line)
     assert re.match(r"│ example +│ diffbench_example +│ diffbench-example-plugin +│ 0\.1\.0 +│ "
-                    r"metrics:brightness_gap, pruners:layer_magnitude +│$", line)
+                    r"features:patch_stats, metrics:brightness_gap, metrics:feature_mean_gap, "
+                    r"pruners:layer_magnitude +│$", line)
 
     matrix = tmp_path / "m.toml"
     matrix.write_text(THIRD_PARTY_MATRIX)
@@ -296,9 +302,14 @@ def test_third_party_package(example_installed, tmp_path, capsys, monkeypatch):
     import harness
 
     df = harness.load_results(tmp_path / "res")
-    assert len(df) == 2 and set(df["metric"]) == {"brightness_gap"} and set(df["status"]) == {"ok"}
+    assert len(df) == 4 and set(df["metric"]) == {"brightness_gap", "feature_mean_gap"}
+    assert set(df["status"]) == {"ok"}
+    # the third-party metric on the third-party extractor, with the cached reference features it used
+    gap = df[df["metric"] == "feature_mean_gap"]
+    assert gap["reference"].str.fullmatch(r"synthetic:reference@\d+px/patch_stats:[0-9a-f]{12}").all()
+    assert gap["reference"].nunique() == 1 and (gap["num_reference"] > 0).all()
     pruned = df[df["pruning_method"] == "layer_magnitude"]
-    assert len(pruned) == 1 and float(pruned["sparsity"].iloc[0]) == pytest.approx(0.5, abs=0.01)
+    assert len(pruned) == 2 and float(pruned["sparsity"].iloc[0]) == pytest.approx(0.5, abs=0.01)
     manifest = json.loads(next((tmp_path / "res" / "third_party").glob("*/_manifest.json")).read_text())
     assert manifest["versions"]["diffbench-example-plugin"] == "0.1.0"
 

@@ -177,6 +177,48 @@ def test_dataset_labels_depend_only_on_the_seed_and_the_index(capsys, tmp_path, 
     assert not torch.equal(batch.images, ds.load("reference").images)
 
 
+def test_features_are_a_fixed_function_of_each_image_and_its_options(capsys, tmp_path, monkeypatch):
+    import torch
+
+    load(new(capsys, tmp_path, "features", "randconv"), "diffbench_randconv", monkeypatch)
+    from diffbench_randconv.features import RandconvFeatures
+
+    from harness import ConfigError
+
+    gen = torch.Generator().manual_seed(0)
+    grey, rgb = torch.rand(4, 1, 20, 20, generator=gen), torch.rand(4, 3, 20, 20, generator=gen)
+    extractor = RandconvFeatures(filters=8)
+    assert extractor.dim == 16 and extractor(grey).shape == (4, 16)
+    # a grey image is the same image as its three-channel copy
+    torch.testing.assert_close(extractor(grey), extractor(grey.expand(-1, 3, -1, -1)))
+    assert not torch.allclose(extractor(rgb), extractor(rgb.mean(dim=1, keepdim=True)))
+    # flat images give no response (zero-mean filters); other seeds are other features
+    torch.testing.assert_close(extractor(torch.full((2, 1, 20, 20), 0.7)), torch.zeros(2, 16), rtol=0, atol=1e-6)
+    assert not torch.allclose(extractor(grey), RandconvFeatures(filters=8, seed=1)(grey))
+    assert RandconvFeatures(filters=8, seed=1).fingerprint()["options"]["seed"] == 1
+    lengths = extractor.kernel_features(extractor(rgb)).norm(dim=1)
+    torch.testing.assert_close(lengths, torch.full((4,), 4.0, dtype=lengths.dtype))  # sqrt(dim)
+    with pytest.raises(ConfigError, match="filters >= 1"):
+        RandconvFeatures(filters=0)
+
+
+def test_the_docs_show_the_extractor_bench_new_writes():
+    import re
+
+    from harness.scaffold import render
+
+    doc = (REPO / "docs" / "writing_plugins.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", doc, re.DOTALL)
+               if b.startswith("# diffbench_rand_conv/features.py")]
+    written = render("features", "rand_conv")["diffbench_rand_conv/features.py"].splitlines()
+    shown = [line for line in block.splitlines()[1:] if line.strip()]
+    # every line as written, but the class docstring's first line only
+    first_line = {line + '"""' for line in written if line.startswith('    """')}
+    assert len(shown) > 30 and [line for line in shown if line not in written and line not in first_line] == []
+    methods = [line for line in written if line.lstrip().startswith(("def ", "class "))]
+    assert methods == [line for line in shown if line.lstrip().startswith(("def ", "class "))]
+
+
 # ------------------------------------------------------------------------------ errors
 
 
@@ -199,18 +241,19 @@ def test_existing_folder_is_not_overwritten(capsys, tmp_path):
     assert [p.name for p in folder.iterdir()] == ["pyproject.toml"] and (folder / "pyproject.toml").read_text() == "mine"
 
 
-def test_unknown_and_unavailable_kinds(capsys, tmp_path):
+def test_unknown_kind_and_other_spellings(capsys, tmp_path):
     code, _, err = bench(capsys, "new", "prunr", "taylor", "--dir", tmp_path)
     assert code == 2
     assert err == ("error: bench new prunr: unknown kind (did you mean 'pruner'?); "
-                   "valid: 'dataset', 'metric', 'plot', 'pruner'\n")
-    code, _, err = bench(capsys, "new", "features", "clipfeat", "--dir", tmp_path)
-    assert code == 2
-    assert err == ("error: bench new features: the FeatureExtractor plugin kind is not available yet; "
-                   "valid: 'dataset', 'metric', 'plot', 'pruner'\n")
+                   "valid: 'dataset', 'features', 'metric', 'plot', 'pruner'\n")
+    code, _, err = bench(capsys, "new", "extractr", "clipfeat", "--dir", tmp_path)
+    assert code == 2 and err.startswith("error: bench new extractr: unknown kind (did you mean 'extractor'?); ")
     assert list(tmp_path.iterdir()) == []
-    # plural spellings, as bench list takes them
+    # plural spellings, as bench list takes them, and the feature extractor's other names
     new(capsys, tmp_path, "metrics", "plural_ok")
+    for spelling in ("feature", "extractor", "extractors"):
+        folder = new(capsys, tmp_path, spelling, f"{spelling}_ok")
+        assert (folder / f"diffbench_{spelling}_ok" / "features.py").is_file()
 
 
 def test_name_of_an_installed_plugin_is_refused(capsys, tmp_path):
