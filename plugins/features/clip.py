@@ -6,7 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from harness import FeatureExtractor, unit_length_kernel_features
-from plugins.metrics.clip_score import CLIPScoreOptions, _check_names, get_clip, resolve_clip_weights
+from plugins.metrics.clip_score import (
+    CLIPScoreOptions,
+    _check_names,
+    get_clip,
+    resolve_clip_weights,
+)
 
 
 class CLIPFeatures(FeatureExtractor):

@@ -31,7 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from harness import FeatureExtractor, MissingFileError
-from plugins.metrics._common import download_weights, local_weights, memoised, to_uint8_rgb
+from plugins.metrics._common import (
+    download_weights,
+    local_weights,
+    memoised,
+    to_uint8_rgb,
+)
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/" + INCEPTION_FILE
