@@ -52,7 +52,7 @@ class DigitsFeatures(FeatureExtractor):
     def __call__(self, images: Any) -> Any:
         import torch
 
-        return torch.from_numpy(self.classifier.features(images, self.device))
+        return torch.from_numpy(self.classifier.features(images, self.device)).reshape(len(images), self.dim)
 
     def fingerprint(self) -> dict[str, Any]:
         """Name, version, options and the classifier's artifact key (its dataset and training)."""
