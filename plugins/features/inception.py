@@ -124,7 +124,7 @@ class InceptionOptions:
 
 
 class InceptionFeatures(FeatureExtractor):
-    """clean-fid's "clean" Inception-V3 pool features (2048-d): same maths as ``cleanfid.inception_torchscript.InceptionV3W``.
+    """clean-fid's Inception-V3 pool features (2048-d, "clean" resizing), as its ``InceptionV3W`` computes them.
 
     Images (float N x C x H x W in [0, 1], C = 1 or 3) are quantised to 8 bits, as an
     image file would be (clean-fid's reference pipeline reads PNGs), grayscale is

@@ -23,7 +23,8 @@ DEFAULT_FEATURES = "inception"
 class FIDOptions:
     features: str | None = field(
         default=None,
-        metadata={"help": "feature extractor (bench list features); default: the dataset's default_features"},
+        metadata={"help": "feature extractor (bench list features); default: the dataset's default_features",
+                  "plugin": "features"},
     )
     feature_options: dict = field(
         default_factory=dict, metadata={"help": "options of the feature extractor (e.g. {weights = \"...\"})"}
