@@ -9,14 +9,23 @@ re-exported from there for code that imported them from this module.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from harness import Metric, MetricContext
+from harness import ConfigError, Metric, MetricContext, build_registry
 from plugins.features.inception import ENV_VAR, INCEPTION_FILE, INCEPTION_URL  # noqa: F401 - re-exported
 
 #: features without a dataset to name them (a dataset's ``default_features`` otherwise)
 DEFAULT_FEATURES = "inception"
+
+
+def _option_names(cls: type) -> set[str]:
+    """The option names of a plugin class (dataclass or pydantic ``Options``)."""
+    options = getattr(cls, "Options", None)  # None: no class, or one without options
+    if dataclasses.is_dataclass(options):
+        return {f.name for f in dataclasses.fields(options)}
+    return set(getattr(options, "model_fields", {}))
 
 
 @dataclass
@@ -70,10 +79,22 @@ class FID(Metric):
             return self._opts().features
         return ctx.dataset.default_features if ctx.dataset is not None else DEFAULT_FEATURES
 
-    def feature_options(self) -> dict[str, Any]:
-        """``feature_options`` with the ``weights`` / ``batch_size`` shortcuts, when set."""
+    def feature_options(self, name: str) -> dict[str, Any]:
+        """``feature_options`` with the ``weights`` / ``batch_size`` shortcuts, when set.
+
+        :raises harness.ConfigError: a shortcut the extractor ``name`` has no option for
+            (e.g. ``weights`` for an Inception file on the digits dataset, whose default
+            features are ``digits``): one line naming the metric's option.
+        """
         opts = self._opts()
         shortcuts = {k: v for k, v in (("weights", opts.weights), ("batch_size", opts.batch_size)) if v is not None}
+        cls = build_registry().get("features", name, where=f"metrics.{self.name}.features") if shortcuts else None
+        valid = _option_names(cls)
+        unknown = sorted(set(shortcuts) - valid)
+        if unknown:
+            raise ConfigError(
+                f"metrics.{self.name}.{unknown[0]}: the '{name}' features take no {unknown[0]} option (theirs: "
+                f"{', '.join(sorted(valid)) or 'none'}); for clean-fid's Inception set features = \"inception\"")
         return {**shortcuts, **opts.feature_options}
 
     def compute(self, ctx: MetricContext) -> list[dict[str, Any]]:
@@ -81,7 +102,8 @@ class FID(Metric):
         from harness import get_feature_extractor, reference_features
         from plugins.metrics._frechet import feature_stats, frechet_distance
 
-        extractor = get_feature_extractor(self.feature_name(ctx), ctx, **self.feature_options())
+        name = self.feature_name(ctx)
+        extractor = get_feature_extractor(name, ctx, **self.feature_options(name))
         real, reference = reference_features(ctx, extractor)
         mu_r, sigma_r = feature_stats(real.double().numpy())
         mu_s, sigma_s = feature_stats(extractor(ctx.samples).double().numpy())
