@@ -98,6 +98,13 @@ def test_one_extractor_per_process_for_equal_arguments(tmp_path):
     assert get_feature_extractor("digits", context(dataset, None), epochs=1) is not first  # another cache
 
 
+def test_digits_features_without_a_dataset_use_the_builtin_digits():
+    extractor = get_feature_extractor("digits", epochs=1)  # no context: CPU, no cache, no dataset
+    assert isinstance(extractor.dataset, DigitsDataset) and extractor.dataset.image_size == 16
+    assert extractor.classifier.meta["num_train"] == len(DigitsDataset().load("train").images)
+    assert tuple(extractor(torch.rand(3, 1, 16, 16)).shape) == (3, 64)
+
+
 def test_unknown_extractor_is_one_line_with_the_valid_names():
     with pytest.raises(PluginError) as exc:
         get_feature_extractor("incepton")

@@ -3,8 +3,7 @@
 The features come from a feature-extractor plugin (``bench list features``): the
 ``features`` option names it, else the dataset's ``default_features`` (``digits`` on
 the digits dataset), else ``inception`` (clean-fid's Inception-V3, whose weights are
-resolved as ``plugins/features/inception.py`` describes). The names below are
-re-exported from there for code that imported them from this module.
+resolved as ``plugins/features/inception.py`` describes).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from harness import ConfigError, Metric, MetricContext, build_registry
-from plugins.features.inception import ENV_VAR, INCEPTION_FILE, INCEPTION_URL  # noqa: F401 - re-exported
+from plugins.features.inception import ENV_VAR, INCEPTION_FILE
 
 #: features without a dataset to name them (a dataset's ``default_features`` otherwise)
 DEFAULT_FEATURES = "inception"
