@@ -232,7 +232,7 @@ def test_the_uninterrupted_run_is_deterministic_on_cpu(baseline, tmp_path):
     first = values(baseline)
     assert {m for _, m in first} == METRICS and len(first) == 2 * len(cells())
     # from scratch except the digit classifier (deterministic too, and the slowest part)
-    for kind in ("classifier", "reference_stats"):
+    for kind in ("classifier", "reference_features"):
         shutil.copytree(baseline / ".cache" / kind, tmp_path / ".cache" / kind)
     assert bench_run(tmp_path) == 0
     assert values(tmp_path) == first
@@ -241,7 +241,7 @@ def test_the_uninterrupted_run_is_deterministic_on_cpu(baseline, tmp_path):
 def _seed_cache(baseline: Path, results: Path, with_models: bool) -> None:
     """Start from the baseline's classifier (and trained models): the kill tests then only
     redo the stages around their kill point."""
-    kinds = ["classifier", "reference_stats", *(["model"] if with_models else [])]
+    kinds = ["classifier", "reference_features", *(["model"] if with_models else [])]
     for kind in kinds:
         shutil.copytree(baseline / ".cache" / kind, results / ".cache" / kind,
                         ignore=shutil.ignore_patterns(".lock-*"))
@@ -306,7 +306,7 @@ def test_sigkill_then_rerun_completes_with_every_cell_once(point, cached_models,
     assert len(pd.read_parquet(results)) == len(df) == len(METRICS) * len(planned)
     # interrupted artifacts were never taken for whole ones: each kind's artifacts are the
     # baseline's, key for key, and the values are the uninterrupted run's, bit for bit
-    for kind in ("model", "samples", "classifier", "reference_stats"):
+    for kind in ("model", "samples", "classifier", "reference_features"):
         keys = {p.name for p in (results / ".cache" / kind).iterdir() if not p.name.startswith(".")}
         assert keys == {p.name for p in (baseline / ".cache" / kind).iterdir() if not p.name.startswith(".")}, kind
     for p in leftovers:  # left where they were (harmless: never looked up), or cleaned

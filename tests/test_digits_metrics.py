@@ -143,7 +143,8 @@ def test_fid_digits_known_answers(env: dict) -> None:
     g = torch.Generator().manual_seed(0)
 
     def fd(samples: torch.Tensor) -> float:
-        return metric.compute(make_ctx(env, samples))
+        [row] = metric.compute(make_ctx(env, samples))
+        return row["value"]
 
     identical = fd(ref)
     real_vs_real = fd(train)
@@ -157,11 +158,11 @@ def test_fid_digits_known_answers(env: dict) -> None:
     for degraded in (noised, shifted, blurred):
         assert degraded > 10 * real_vs_real
     assert noise > max(noised, shifted, blurred) and noise > 100 * real_vs_real
-    assert env["cache"].exists("reference_stats", env["cache"].key(
-        "reference_stats",
-        {"split": "reference", "features": "digit_classifier", "dataset": env["dataset"].config_key()},
-        parent=env["classifier"].key,
-    ))
+    # the real digits' features: one cached artifact, named in each row's `reference`
+    [row] = metric.compute(make_ctx(env, train))
+    [stored] = list((env["cache"].root / "reference_features").glob("*/meta.json"))
+    assert row["reference"].startswith("digits:reference@16px/digits:") and row["num_reference"] == len(ref)
+    assert row["reference"].endswith(stored.parent.name[:12])
 
 
 # -------------------------------------------------------------------- label_accuracy

@@ -30,11 +30,13 @@ from torch import nn
 from harness.base import Conditions, Dataset, ImageBatch, MetricContext
 from harness.cache import ArtifactCache
 from harness.errors import ConfigError, MissingFileError
+from harness.features import clear_memo
+from plugins.features import inception as inception_mod
+from plugins.features.inception import InceptionFeatures
 from plugins.metrics import clip_score as clip_mod
-from plugins.metrics import fid as fid_mod
 from plugins.metrics import lpips_metric as lpips_mod
 from plugins.metrics.clip_score import CLIPScore
-from plugins.metrics.fid import FID, InceptionFeatures
+from plugins.metrics.fid import FID
 from plugins.metrics.lpips_metric import LPIPS
 from _weights import random_fid_inception, save_random_clip
 
@@ -45,9 +47,10 @@ def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for var in (fid_mod.ENV_VAR, clip_mod.ENV_VAR, lpips_mod.ENV_VAR):
+    for var in (inception_mod.ENV_VAR, clip_mod.ENV_VAR, lpips_mod.ENV_VAR):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(fid_mod, "CLEANFID_CACHE", tmp_path / "no-cleanfid-cache" / fid_mod.INCEPTION_FILE)
+    monkeypatch.setattr(inception_mod, "CLEANFID_CACHE", tmp_path / "no-cleanfid-cache" / inception_mod.INCEPTION_FILE)
+    clear_memo()  # no extractor loaded by another test under other settings
 
 
 def ctx_of(samples: torch.Tensor, **kw) -> MetricContext:
@@ -91,7 +94,9 @@ def test_fid_features_match_cleanfid_pipeline(inception_dir: Path, tmp_path: Pat
     assert resized.shape == (2, 3, 299, 299)
     assert torch.equal(resized, cleanfid_resized)
     # features: identical to clean-fid's own loader of the same file
-    ours = fid_mod.get_inception(str(inception_dir), "cpu")(images)
+    extractor = InceptionFeatures(weights=str(inception_dir))
+    extractor.setup()
+    ours = extractor(images).numpy()
     with pytest.warns(FutureWarning):
         theirs = InceptionV3W(str(inception_dir), download=False)(resized).detach().double().numpy()
     assert ours.shape == (2, 2048)
@@ -106,21 +111,22 @@ class _TinyDataset(Dataset):
         return ImageBatch(digits_like(8, seed=1) * 2 - 1, Conditions(labels=torch.zeros(8, dtype=torch.long)))
 
 
-@pytest.mark.slow  # two 2048 x 2048 matrix square roots (clean-fid's sqrtm): ~10-60 s each on 2 cores
+@pytest.mark.slow  # Inception-v3 on 16 images and 2048 x 2048 eigendecompositions: ~35 s on 2 cores
 @pytest.mark.filterwarnings("ignore:Matrix is singular")  # 8 samples in 2048 dims: rank-deficient covariances
 def test_fid_identical_is_zero_and_shifted_is_larger(inception_dir: Path, tmp_path: Path) -> None:
     dataset, cache = _TinyDataset(), ArtifactCache(tmp_path / "cache")
     real = (dataset.load("reference").images + 1) / 2
-    metric = FID(weights=str(inception_dir / fid_mod.INCEPTION_FILE))
-    identical = metric.compute(ctx_of(real.clone(), real_images=real, dataset=dataset, cache=cache))
-    shifted = metric.compute(ctx_of((real + 0.5).clamp(0, 1), real_images=real, dataset=dataset, cache=cache))
+    metric = FID(weights=str(inception_dir / inception_mod.INCEPTION_FILE))
+    [identical] = metric.compute(ctx_of(real.clone(), real_images=real, dataset=dataset, cache=cache))
+    [shifted] = metric.compute(ctx_of((real + 0.5).clamp(0, 1), real_images=real, dataset=dataset, cache=cache))
+    identical, shifted = identical["value"], shifted["value"]
     assert identical < 1e-3 * shifted
     assert shifted > 0
-    assert len(list((tmp_path / "cache" / "reference_stats").glob("*/meta.json"))) == 1
+    assert len(list((tmp_path / "cache" / "reference_features").glob("*/meta.json"))) == 1
 
 
 def test_fid_missing_weights_option(tmp_path: Path) -> None:
-    missing = tmp_path / "nowhere" / fid_mod.INCEPTION_FILE
+    missing = tmp_path / "nowhere" / inception_mod.INCEPTION_FILE
     with pytest.raises(MissingFileError) as exc:
         FID(weights=str(missing)).compute(ctx_of(digits_like(2), real_images=digits_like(2)))
     msg = one_line(exc)
@@ -128,20 +134,20 @@ def test_fid_missing_weights_option(tmp_path: Path) -> None:
 
 
 def test_fid_missing_weights_env_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(fid_mod.ENV_VAR, str(tmp_path / "empty-folder"))
+    monkeypatch.setenv(inception_mod.ENV_VAR, str(tmp_path / "empty-folder"))
     with pytest.raises(MissingFileError) as exc:
         FID().compute(ctx_of(digits_like(2), real_images=digits_like(2)))
-    assert f"from {fid_mod.ENV_VAR}" in one_line(exc)
-    monkeypatch.delenv(fid_mod.ENV_VAR)
+    assert f"from {inception_mod.ENV_VAR}" in one_line(exc)
+    monkeypatch.delenv(inception_mod.ENV_VAR)
     with pytest.raises(MissingFileError) as exc:  # offline, nothing in torch's cache
         FID().compute(ctx_of(digits_like(2), real_images=digits_like(2)))
     msg = one_line(exc)
-    expected = tmp_path / "torch" / "hub" / "checkpoints" / fid_mod.INCEPTION_FILE
+    expected = tmp_path / "torch" / "hub" / "checkpoints" / inception_mod.INCEPTION_FILE
     assert str(expected) in msg and "downloads are off" in msg and "[metrics.fid] weights" in msg
 
 
 def test_fid_rejects_a_file_that_is_not_torchscript(tmp_path: Path) -> None:
-    bad = tmp_path / fid_mod.INCEPTION_FILE
+    bad = tmp_path / inception_mod.INCEPTION_FILE
     bad.write_bytes(b"not a model")
     with pytest.raises(MissingFileError, match="is not a TorchScript Inception file"):
         FID(weights=str(bad)).compute(ctx_of(digits_like(2), real_images=digits_like(2)))

@@ -3,7 +3,7 @@
 - A static check (``ast``) of ``harness/`` and ``plugins/``: every ``torch.load`` passes
   ``weights_only=True``; no ``pickle`` / ``dill`` / ``joblib`` / ``pandas.read_pickle``
   load, no ``numpy.load(allow_pickle=True)``. The one other deserialiser,
-  ``torch.jit.load`` of clean-fid's TorchScript Inception file in ``plugins/metrics/fid.py``,
+  ``torch.jit.load`` of clean-fid's TorchScript Inception file in ``plugins/features/inception.py``,
   is listed with its reason: TorchScript archives are read by torch's C++ unpickler, which
   resolves no Python globals, so a pickle cannot run code through it (shown below).
 - A malicious checkpoint (a ``torch.save`` pickle whose loading would create a folder)
@@ -39,8 +39,8 @@ ONE_CELL = ['matrix.pruning_method=["none"]', "matrix.cfg_scale=[1.0]", "matrix.
 
 #: call -> why it is allowed, per file (relative to the repository)
 ALLOWED = {
-    ("plugins/metrics/fid.py", "torch.jit.load"): "clean-fid's Inception is TorchScript; the C++ unpickler of a "
-                                                  "TorchScript archive resolves no Python globals",
+    ("plugins/features/inception.py", "torch.jit.load"): "clean-fid's Inception is TorchScript; the C++ unpickler "
+                                                         "of a TorchScript archive resolves no Python globals",
 }
 PICKLE_LOADERS = {
     "pickle.load", "pickle.loads", "pickle.Unpickler", "_pickle.load", "_pickle.loads", "cPickle.load",

@@ -48,6 +48,7 @@ class DigitsDataset(Dataset):
     channels = 1
     num_classes = 10
     conditions_version = CONDITIONS_VERSION
+    default_features = "digits"
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -21,9 +21,6 @@ added up to minutes per pruning study. ``method="cleanfid"`` calls clean-fid's f
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 
 
@@ -41,34 +38,6 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mu = feats.mean(axis=0)
     sigma = np.cov(feats, rowvar=False)
     return mu, np.atleast_2d(sigma)
-
-
-def cached_feature_stats(
-    cache: Any,
-    kind: str,
-    config: Any,
-    real_images: Callable[[], Any],
-    features: Callable[[Any], np.ndarray],
-    parent: str | None = None,
-) -> tuple[np.ndarray, np.ndarray, int, str | None]:
-    """``(mu, sigma, num_images, key)`` of the features of the real images, a ``kind`` artifact of ``cache``.
-
-    The statistics of a reference set are what every FID-like metric compares against
-    and cost a pass over all its images, so they are stored (tensors ``mu``, ``sigma``;
-    meta ``num_images``) and ``real_images()`` runs only on a miss. Without a cache they
-    are computed in memory and ``key`` is ``None``.
-    """
-    from plugins.metrics._common import stored_artifact
-
-    def build() -> tuple[dict[str, Any], dict[str, Any]]:
-        import torch
-
-        real = real_images()
-        mu, sigma = feature_stats(features(real))
-        return {"mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}, {"num_images": len(real)}
-
-    tensors, meta, key = stored_artifact(cache, kind, config, build, parent)
-    return tensors["mu"].double().numpy(), tensors["sigma"].double().numpy(), int(meta.get("num_images", 0)), key
 
 
 def _nonzero_eigenvalues(w: np.ndarray) -> np.ndarray:

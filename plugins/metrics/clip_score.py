@@ -158,6 +158,18 @@ class CLIPModel:
         u8 = to_uint8_rgb(images01)
         return torch.stack([self.transform(Image.fromarray(img)) for img in u8])
 
+    def image_features(self, images01: Any, batch_size: int = 32) -> Any:
+        """L2-normalised image embeddings, float N x embed_dim on the CPU (the ``clip`` feature extractor)."""
+        import torch
+        import torch.nn.functional as F
+
+        out = [torch.zeros(0, int(self.model.visual.output_dim))]
+        for i in range(0, len(images01), batch_size):
+            pixels = self.preprocess(images01[i : i + batch_size]).to(self.device)
+            with torch.no_grad(), self.lock:
+                out.append(F.normalize(self.model.encode_image(pixels).float(), dim=-1).cpu())
+        return torch.cat(out)
+
     def cosine(self, images01: Any, prompts: list[str], batch_size: int = 32) -> Any:
         """Cosine similarity of each image with its prompt (float N tensor)."""
         import torch

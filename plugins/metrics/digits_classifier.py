@@ -2,10 +2,10 @@
 
 It is trained on the dataset's ``train`` split and is an artifact of the cache (kind
 ``classifier``; safetensors weights + JSON metadata holding the held-out accuracy on the
-``reference`` split), so a second run trains nothing. The feature statistics of the
-real ``reference`` split are an artifact too (kind ``reference_stats``, parent = the
-classifier's key). Both are memoised in-process, keyed by artifact key, so the cells of
-a run load them once.
+``reference`` split), so a second run trains nothing; it is memoised in-process, keyed by
+artifact key, so the cells of a run load it once. Its penultimate features are the
+``digits`` feature extractor (``plugins/features/digits.py``), whose features of the
+real ``reference`` split are cached by :func:`harness.reference_features`.
 
 Inputs are images in [0, 1] (``MetricContext.samples``); the classifier is trained on
 the dataset's images mapped from [-1, 1] to [0, 1], so real and generated images are
@@ -43,13 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import Dataset, MetricContext, stable_hash
-from plugins.metrics._common import cache_root, memoised, stored_artifact, to_unit
+from harness import ArtifactCache, Dataset, MetricContext, stable_hash
+from plugins.metrics._common import memoised, stored_artifact, to_unit
 
 log = logging.getLogger(__name__)
 
 CLASSIFIER_KIND = "classifier"
-REFERENCE_STATS_KIND = "reference_stats"
 CLASSIFIER_VERSION = 2  # bump when the architecture or training code changes
 
 
@@ -232,7 +231,7 @@ _MEMO_LOCK = threading.Lock()
 
 
 def clear_memo() -> None:
-    """Forget the in-process classifiers and statistics (tests use this)."""
+    """Forget the in-process classifiers (tests use this)."""
     with _MEMO_LOCK:
         _MEMO.clear()
 
@@ -260,17 +259,21 @@ def _restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any], config: Cla
 
 
 def get_classifier(ctx: MetricContext, config: ClassifierConfig | None = None) -> Classifier:
-    """The classifier of ``ctx.dataset``: memoised, else loaded from ``ctx.cache``, else trained.
+    """The classifier of ``ctx.dataset`` (see :func:`load_classifier`), cached in ``ctx.cache``."""
+    return load_classifier(_require_dataset(ctx), ctx.cache, config)
 
-    Without a cache (``ctx.cache is None``, e.g. a contract test) it is trained in
-    memory and memoised for the rest of the process.
+
+def load_classifier(dataset: Dataset, cache: ArtifactCache | None, config: ClassifierConfig | None = None) -> Classifier:
+    """The classifier of ``dataset``: memoised, else loaded from ``cache``, else trained.
+
+    Without a cache (``cache is None``, e.g. a contract test) it is trained in memory and
+    memoised for the rest of the process.
     """
     config = config or ClassifierConfig()
-    dataset = _require_dataset(ctx)
     cfg = classifier_config(dataset, config)
-    if ctx.cache is not None:
+    if cache is not None:
         # the root is part of the memo key so that every cache folder gets its artifact
-        memo_key = f"{CLASSIFIER_KIND}:{ctx.cache.root.resolve()}:{ctx.cache.key(CLASSIFIER_KIND, cfg)}"
+        memo_key = f"{CLASSIFIER_KIND}:{cache.root.resolve()}:{cache.key(CLASSIFIER_KIND, cfg)}"
     else:
         memo_key = f"{CLASSIFIER_KIND}:mem-{stable_hash(cfg, 20)}"
 
@@ -279,25 +282,7 @@ def get_classifier(ctx: MetricContext, config: ClassifierConfig | None = None) -
         return {k: v.detach().clone() for k, v in net.state_dict().items()}, meta
 
     def load() -> Classifier:
-        tensors, meta, key = stored_artifact(ctx.cache, CLASSIFIER_KIND, cfg, build)
+        tensors, meta, key = stored_artifact(cache, CLASSIFIER_KIND, cfg, build)
         return _restore(tensors, meta, config, key or memo_key.rsplit(":", 1)[1])
-
-    return memoised(_MEMO, _MEMO_LOCK, memo_key, load)
-
-
-def get_reference_stats(ctx: MetricContext, clf: Classifier) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of the classifier features of the real ``reference`` split."""
-    from plugins.metrics._frechet import cached_feature_stats
-
-    dataset = _require_dataset(ctx)
-    cfg = {"split": "reference", "features": "digit_classifier", "dataset": dataset.config_key()}
-    memo_key = f"{REFERENCE_STATS_KIND}:{cache_root(ctx.cache)}:{clf.key}:{stable_hash(cfg, 20)}"
-
-    def load() -> tuple[np.ndarray, np.ndarray]:
-        mu, sigma, _num, _key = cached_feature_stats(
-            ctx.cache, REFERENCE_STATS_KIND, cfg, lambda: to_unit(dataset.load("reference").images),
-            lambda real: clf.features(real, ctx.device), parent=clf.key,
-        )
-        return mu, sigma
 
     return memoised(_MEMO, _MEMO_LOCK, memo_key, load)
