@@ -261,9 +261,9 @@ def sample_size_warning(found: Sequence[MixedSampleSizes]) -> str | None:
     """One line naming every metric of :func:`mixed_sample_sizes` and its sizes; None if none."""
     if not found:
         return None
-    return (f"{'; '.join(map(str, found))} in one table: these metrics' values depend on the number of samples "
-            "(biased at small n), so they are not comparable across n; compare at equal n, or use kid (unbiased) "
-            "or fid_inf (extrapolated to infinite n)")
+    return (f"{'; '.join(map(str, found))} in one table, but the value depends on the number of samples (biased "
+            "at small n): values at different n are not comparable; compare at equal n, or use kid (unbiased) or "
+            "fid_inf (extrapolated to infinite n)")
 
 
 def format_value(v: Any, signed: bool = False) -> str:
