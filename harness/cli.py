@@ -263,6 +263,9 @@ def cmd_results(args: argparse.Namespace) -> int:
     df = load_results(args.path, runs=args.runs, latest=args.latest)
     console = Console()
     console.print(tables.format_table(tables.summarize(df)))
+    warning = tables.sample_size_warning(tables.mixed_sample_sizes(df))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.export:
         out = Path(args.out) if args.out else Path(args.path).resolve() / f"_export.{args.export}"
         tables.export(df, args.export, out)
@@ -382,6 +385,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     path, facts = report.make_report(Path(args.path), Path(args.out), fmt=args.format, runs=args.runs,
                                      latest=args.latest)
     print(path)
+    warning = facts.sample_size_warning()
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     failures = facts.plot_failures()
     for line in failures:
         print(f"error: {line}", file=sys.stderr)

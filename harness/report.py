@@ -14,6 +14,22 @@ plot plugin that applies, drawn into ``<out>/figures/``. A plot that raises is l
 with its error; the others still run (``bench report`` then names it in one line on
 stderr and exits with code 1, as ``bench plot``).
 
+A metric that reports its own uncertainty of each value (``value_sd``: KID's s.d. over
+subsets, FID-infinity's standard error of the extrapolation) shows it in its compact
+table as ``mean ± value_sd``, then ``(seeds ± half-width)``, the 95% interval over seeds,
+when there are two seeds or more. Over several seeds ``value_sd`` is combined as the
+root mean square of the per-seed values, ``sqrt(mean(value_sd_i ** 2))``: the typical
+uncertainty of one value (the pooled s.d. when each seed used as many subsets), chosen
+over the mean because variances, not s.d.s, average; it does not shrink with more seeds,
+which is what the seeds' interval is for. The table's footnote says so; the summary
+carries it in a ``value_sd`` column.
+
+When one benchmark's tables hold values of a sample-size-biased metric
+(``Metric.sample_size_biased``: FID, whose expected value depends on n) computed at
+different ``num_samples`` or ``num_reference``, its section opens with a warning naming
+the metric and the sizes and suggesting ``kid`` or ``fid_inf``, and ``bench report``
+prints the same in one line on stderr (:func:`harness.tables.mixed_sample_sizes`).
+
 The Markdown report links the figures by relative path (keep ``report.md`` and
 ``figures/`` together); the HTML report is one self-contained file: the images are
 embedded as base64 ``data:`` URIs, text outputs (``pruning_summary``) are inlined, and
@@ -35,7 +51,7 @@ from typing import Literal
 
 from harness.errors import UserError
 from harness.report_data import BenchmarkSection, Report, ci_halfwidth, collect
-from harness.report_render import FEW_VALUES_TEXT, SUMMARY_TEXT, render_html, render_markdown
+from harness.report_render import FEW_VALUES_TEXT, SUMMARY_TEXT, VALUE_SD_TEXT, render_html, render_markdown
 from harness.fsio import write_bytes
 
 log = logging.getLogger(__name__)
@@ -73,5 +89,5 @@ def make_report(path: Path, out: Path, fmt: Literal["md", "html"] = "md", *,
     return target, report
 
 
-__all__ = ["FEW_VALUES_TEXT", "SUMMARY_TEXT", "BenchmarkSection", "Report", "ci_halfwidth", "collect",
+__all__ = ["FEW_VALUES_TEXT", "SUMMARY_TEXT", "VALUE_SD_TEXT", "BenchmarkSection", "Report", "ci_halfwidth", "collect",
            "make_report", "render_html", "render_markdown", "write_report"]

@@ -11,6 +11,13 @@ s.d. / sqrt(n)`` with ``n`` the values averaged (one per seed); for the delta to
 reference, the same over the per-seed paired differences. With ``n < 2`` there is no
 interval, and the table says so.
 
+A metric with its own uncertainty (``value_sd``: KID's s.d. over subsets, FID-infinity's
+standard error) shows it in its compact table: ``mean ± value_sd (seeds ± half-width)``,
+the ``value_sd`` of several seeds combined as their root mean square (the typical
+uncertainty of one value, :mod:`harness.tables`), as the table's footnote says
+(:data:`VALUE_SD_TEXT`). A section warns (:attr:`BenchmarkSection.warnings`) when a table
+mixes sample sizes of a sample-size-biased metric (:func:`harness.tables.mixed_sample_sizes`).
+
 Plots are found through the plugin registry, as ``bench plot`` does: the core knows
 no plot by name.
 """
@@ -30,7 +37,8 @@ from harness.options import option_fields
 from harness.errors import UserError
 from harness.results import add_reference, fragment_files, load_results, select_runs
 from harness.store import MANIFEST
-from harness.tables import format_table, summarize
+from harness.tables import (STATS, MixedSampleSizes, biased_metric_names, format_table, is_diagnostic,
+                            mixed_sample_sizes, sample_size_warning, summarize)
 from harness.tables import format_value as _fmt
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,6 +47,10 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 FIGURES_DIR = "figures"
+#: the footnote of a compact table whose metric reports its own uncertainty
+VALUE_SD_TEXT = ("± is the metric's own uncertainty of one value, ±1 s.d. (value_sd: KID's s.d. over subsets, "
+                 "FID-infinity's standard error; over several seeds, the root mean square of the per-seed values); "
+                 "“seeds ± x”: the half-width of the 95% confidence interval of the mean over seeds.")
 
 # ----------------------------------------------------------------------------- data
 
@@ -88,6 +100,8 @@ class SummaryTable:
     caption: str | None
     #: some row has fewer than two values, so no confidence interval
     few_values: bool = False
+    #: a ``value_sd`` column is shown (a metric reports its own uncertainty)
+    value_sd: bool = False
 
 
 @dataclass
@@ -107,6 +121,8 @@ class CompareTable:
     caption: str | None
     #: the figure drawn for this metric (a file of ``BenchmarkSection.plots``), if any
     figure: Path | None = None
+    #: a footnote on what the entries show (:data:`VALUE_SD_TEXT`), if they differ from the default
+    note: str | None = None
 
 
 @dataclass
@@ -123,6 +139,14 @@ class BenchmarkSection:
     plots: list[PlotOutcome]
     #: per metric, the compact table the report leads with
     compare: list[CompareTable] = field(default_factory=list)
+    #: sample-size-biased metrics whose tables mix sample sizes (:func:`harness.tables.mixed_sample_sizes`)
+    mixed: list[MixedSampleSizes] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the section warns about, one line each (shown above its tables)."""
+        line = sample_size_warning(self.mixed)
+        return [line] if line else []
 
 
 @dataclass
@@ -140,6 +164,11 @@ class Report:
         several = len(self.benchmarks) > 1
         return [f"plot {p.name} failed" + (f" on benchmark {b.name}" if several else "") + f": {p.error}"
                 for b in self.benchmarks for p in b.plots if p.error is not None]
+
+    def sample_size_warning(self) -> str | None:
+        """One line naming every sample-size-biased metric whose table mixes sample sizes
+        (every benchmark's); None if no table does."""
+        return sample_size_warning([m for b in self.benchmarks for m in b.mixed])
 
 
 # ----------------------------------------------------------------------------- collecting
@@ -216,7 +245,7 @@ def _section(name: str, df: pd.DataFrame, with_ref: pd.DataFrame, runs: list[Run
     status = cells["status"].astype(str)
     # Diagnostic rows (an array in ``blob``) hold a count in ``value``, not a score: they
     # are figures, not table rows.
-    diagnostic = sorted(map(str, df.loc[df["blob"].notna(), "metric"].unique())) if "blob" in df else []
+    diagnostic = sorted(map(str, df.loc[is_diagnostic(df), "metric"].unique()))
     table_rows = with_ref[~with_ref["metric"].astype(str).isin(diagnostic)]
     stats = _summarize(table_rows) if len(table_rows) else None
     summary = _plain_table(stats) if stats is not None else SummaryTable([], [], [], None)
@@ -232,10 +261,10 @@ def _section(name: str, df: pd.DataFrame, with_ref: pd.DataFrame, runs: list[Run
         failed=_failed_cells(df),
         plots=plots,
         compare=compare_tables(stats, figures) if stats is not None else [],
+        mixed=mixed_sample_sizes(table_rows, lambda names: biased_metric_names(names, registry), by_benchmark=True),
     )
 
 
-_STATS = ("metric", "higher_is_better", "mean", "std", "n", "errors", "delta_mean")
 #: the summary's headers in the report (``format_table``'s, then the ones this module adds)
 MEAN_CI, SD, DELTA = "mean ± 95% CI", "s.d.", "Δ vs reference ± 95% CI"
 
@@ -250,12 +279,12 @@ def _summarize(df: pd.DataFrame) -> pd.DataFrame:
     by = None
     summary = summarize(df)
     if df["num_samples"].nunique() > 1:
-        by = [*(c for c in summary.columns if c not in _STATS), "num_samples"]
+        by = [*(c for c in summary.columns if c not in STATS), "num_samples"]
         summary = summarize(df, by=by)
     if "delta" in df:
         # the deltas summarised as values: the same groups in the same order
         deltas = summarize(df.drop(columns="delta").assign(value=df["delta"]), by=by)
-        keys = [c for c in summary.columns if c not in _STATS]
+        keys = [c for c in summary.columns if c not in STATS]
         if len(deltas) == len(summary) and deltas[keys].reset_index(drop=True).equals(summary[keys]):
             summary = summary.assign(delta_std=deltas["std"].to_numpy(), delta_n=deltas["n"].to_numpy())
     return summary
@@ -291,7 +320,7 @@ def _plain_table(summary: pd.DataFrame) -> SummaryTable:
         order = (summary["role"].astype(str) != "reference").to_numpy().argsort(kind="stable")
         summary = summary.iloc[order].reset_index(drop=True)
     extra = [c for c in ("delta_std", "delta_n") if c in summary]
-    table = format_table(summary.drop(columns=extra))
+    table = format_table(summary.drop(columns=extra), notes=False)  # the report says it in SUMMARY_TEXT
     columns = list(table.columns)
     headers = [str(c.header) for c in columns]
     cells = [[str(v) for v in c.cells] for c in columns]
@@ -311,7 +340,7 @@ def _plain_table(summary: pd.DataFrame) -> SummaryTable:
     rows = [list(r) for r in zip(*cells)] if cells else []
     caption = str(table.caption) if table.caption else None
     few = bool(((summary["n"] < 2) & (summary["n"] > 0)).any())
-    return SummaryTable(headers, right, rows, caption, few)
+    return SummaryTable(headers, right, rows, caption, few, value_sd="value_sd" in headers)
 
 
 # ----------------------------------------------------------------------------- compact tables
@@ -333,7 +362,7 @@ def compare_tables(summary: pd.DataFrame, figures: Sequence[Path] = ()) -> list[
     marked; the figure is the first of ``figures`` whose file stem is the metric's name or
     ends with ``_<metric>``.
     """
-    stats = {*_STATS, "delta_std", "delta_n", "benchmark", "cfg_scale"}
+    stats = {*STATS, "delta_std", "delta_n", "benchmark", "cfg_scale"}
     groups = [c for c in summary.columns if c not in stats]
     tables = []
     for metric, part in summary.groupby(summary["metric"].astype(str), sort=True):
@@ -353,10 +382,23 @@ def compare_tables(summary: pd.DataFrame, figures: Sequence[Path] = ()) -> list[
             rows.setdefault(key, (label, [None] * len(columns), _variant_order(r, shown)))[1][j] = r
         ordered = sorted(rows.values(), key=lambda v: v[2])
         best = _best([cells for _l, cells, _o in ordered], higher)
-        entries = [(label, [_with_ci(r["mean"], r["std"], r["n"], note=" (n=1)") if r else "-" for r in cells])
-                   for label, cells, _o in ordered]
-        tables.append(CompareTable(metric, higher, columns, entries, best, caption, _figure_of(metric, figures)))
+        own = "value_sd" in part and bool(part["value_sd"].notna().any())
+        entries = [(label, [_entry(r, own) for r in cells]) for label, cells, _o in ordered]
+        tables.append(CompareTable(metric, higher, columns, entries, best, caption, _figure_of(metric, figures),
+                                   VALUE_SD_TEXT if own else None))
     return tables
+
+
+def _entry(r: dict[str, Any] | None, own: bool) -> str:
+    """A compact-table entry: ``"0.512 ± 0.031"`` (± the 95% interval over seeds), or for a
+    metric with its own uncertainty (``own``) ``"0.0123 ± 0.0045 (seeds ± 0.0031)"`` (± its
+    ``value_sd``, then the seeds' interval); ``" (n=1)"`` marks a single value, ``"-"`` none."""
+    text = _with_ci(r["mean"], r["std"], r["n"], note=" (n=1)") if r else "-"
+    if not own or text == "-" or _missing(r.get("value_sd")):
+        return text
+    half = ci_halfwidth(float(r["std"]), int(r["n"]))
+    seeds = " (n=1)" if math.isnan(half) else f" (seeds ± {_fmt(half)})"
+    return f"{_fmt(float(r['mean']))} ± {_fmt(float(r['value_sd']))}{seeds}"
 
 
 def _missing(v: Any) -> bool:

@@ -34,7 +34,7 @@ from harness.report_data import (
     Report,
     RunFacts,
 )
-from harness.tables import ARROWS
+from harness.tables import ARROWS, VALUE_SD_NOTE
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ COMPARE_TEXT = (
     "without a direction). The figure drawn for the metric, when there is one, stands beside its table. The "
     "appendix holds every row of the summary."
 )
+VALUE_SD_TEXT = (VALUE_SD_NOTE.replace("value_sd: ", "value_sd is ", 1) + " of the per-seed values; the mean's 95% "
+                 "interval is over seeds alone.")
 FEW_VALUES_TEXT = ("Rows marked “n < 2, no CI” rest on a single value (one seed), so they have no confidence "
                    "interval; sweep more seeds (matrix.seed) to get one.")
 
@@ -130,6 +132,7 @@ def _render(template: str, report: Report) -> str:
         summary_text=SUMMARY_TEXT,
         compare_text=COMPARE_TEXT,
         few_values_text=FEW_VALUES_TEXT,
+        value_sd_text=VALUE_SD_TEXT,
         code_facts=CODE_FACTS,
         run_right=RUN_RIGHT,
     )
@@ -328,4 +331,4 @@ def _data_uri(path: Path) -> str | None:
     return f"data:{IMAGE_TYPES[path.suffix.lower()]};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-__all__ = ["COMPARE_TEXT", "FEW_VALUES_TEXT", "SUMMARY_TEXT", "facts", "render_html", "render_markdown", "run_rows"]
+__all__ = ["COMPARE_TEXT", "FEW_VALUES_TEXT", "SUMMARY_TEXT", "VALUE_SD_TEXT", "facts", "render_html", "render_markdown", "run_rows"]

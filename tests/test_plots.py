@@ -34,6 +34,7 @@ from plugins.plots.pruning_exports import (
     summary_text,
 )
 from plugins.plots.pruning_pareto import PruningPareto, pareto_front
+from plugins.plots.sample_size import SampleSizeBias
 from plugins.plots.synthetic import SyntheticCurve
 from plugins.plots.trajectory import (
     TrajectoryHeatmaps,
@@ -75,6 +76,7 @@ ALL_PLOTS = (
     PruningSummary,
     PruningJSON,
     SyntheticCurve,
+    SampleSizeBias,
     SampleGrids,
     DenoisingPlot,
     LatentSpacePlot,

@@ -103,8 +103,8 @@ def test_the_frame_is_as_realistic_as_claimed(realistic: Path) -> None:
     assert df["seed"].nunique() == 2 and df["blob"].notna().any()
 
 
-#: plots with nothing to draw here: no attention maps in the synthetic model
-NOTHING_TO_DRAW = {"attention"}
+#: plots with nothing to draw here: no attention maps in the synthetic model, no fid_inf rows
+NOTHING_TO_DRAW = {"attention", "sample_size_bias"}
 
 
 @pytest.mark.parametrize("cls", _builtin_plots(), ids=lambda c: c.name)

@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from test_store import reference_case, row
 
 from harness.errors import UserError
 from harness.store import ResultStore, load_results
-from harness.tables import export, format_table, summarize
+from harness.tables import (
+    VALUE_SD_NOTE,
+    export,
+    format_table,
+    mixed_sample_sizes,
+    sample_size_warning,
+    summarize,
+)
 
 
 def test_summarize_means_over_seeds(tmp_path):
@@ -63,3 +71,59 @@ def test_export_round_trips(tmp_path, fmt):
 def test_export_refuses_an_unknown_format(tmp_path):
     with pytest.raises(UserError, match=r"--export: unknown format 'xlsx' \(valid: 'csv', 'json'\)"):
         export(pd.DataFrame(), "xlsx", tmp_path / "x")  # type: ignore[arg-type]
+
+
+def test_summarize_carries_value_sd_as_the_root_mean_square_over_seeds(tmp_path):
+    """KID-like rows: value_sd per seed -> sqrt(mean(value_sd ** 2)); NaN where no row has one."""
+    from harness.schema import encode_blob
+
+    run = ResultStore(tmp_path, "b").new_run({})
+    for seed, sd in ((0, 0.003), (1, 0.004), (2, None)):
+        run.write_cell(f"c{seed}", [
+            row("kid", 0.01 * (seed + 1), seed=seed, value_sd=sd),
+            row("fid", 10.0 + seed, seed=seed),
+            # a score that carries its working (fid_inf's curve): kept; a diagnostic array: left out
+            row("fid_inf", 5.0, seed=seed, value_sd=0.5, blob=encode_blob(np.ones((4, 3)))),
+            row("sample_grid", 64.0, seed=seed, blob=encode_blob(np.zeros((2, 2), dtype=np.uint8))),
+        ])
+    s = summarize(load_results(tmp_path)).set_index("metric")
+    assert sorted(s.index) == ["fid", "fid_inf", "kid"]
+    assert s.loc["kid", "value_sd"] == pytest.approx(math.sqrt((0.003 ** 2 + 0.004 ** 2) / 2))  # seed 2 has none
+    assert s.loc["kid", "n"] == 3 and s.loc["fid_inf", "value_sd"] == pytest.approx(0.5)
+    assert math.isnan(s.loc["fid", "value_sd"])
+
+    from rich.console import Console
+
+    console = Console(record=True, width=160)
+    console.print(format_table(s.reset_index()))
+    text = console.export_text()
+    assert "value_sd" in text and f"{math.sqrt(0.0000125):.4g}" in text
+    assert VALUE_SD_NOTE in " ".join(text.split())  # the caption says what it is (wrapped to the table)
+    console = Console(record=True, width=160)
+    console.print(format_table(s.reset_index().drop(columns="value_sd")))
+    assert "value_sd" not in console.export_text()  # no column without values
+
+
+def test_mixed_sample_sizes_names_biased_metrics_per_table(tmp_path):
+    run = ResultStore(tmp_path, "b").new_run({})
+    for i, (bench_n, n, status) in enumerate([(64, 64, "ok"), (64, 256, "ok"), (64, 1000, "error")]):
+        run.write_cell(f"c{i}", [row("fid", 1.0 if status == "ok" else math.nan, status=status, seed=0,
+                                     num_samples=n, num_reference=5000, pruning_method=f"m{i}"),
+                                 row("acc", 0.5, seed=0, num_samples=n, pruning_method=f"m{i}")])
+    df = load_results(tmp_path)
+    asked: list[set[str]] = []
+
+    def biased(names):
+        asked.append(set(names))
+        return {"fid"} & set(names)
+
+    (found,) = mixed_sample_sizes(df, biased)
+    assert (found.metric, found.column, found.sizes, found.benchmark) == ("fid", "num_samples", (64, 256), None)
+    assert asked == [{"fid", "acc"}]  # the error row's n=1000 is not compared
+    (found,) = mixed_sample_sizes(df, biased, by_benchmark=True)
+    assert found.benchmark == "b" and str(found) == "fid (benchmark b) at num_samples 64, 256"
+    line = sample_size_warning([found])
+    assert "\n" not in line and "kid" in line and "fid_inf" in line
+    assert sample_size_warning([]) is None
+    asked.clear()
+    assert mixed_sample_sizes(df[df["num_samples"] == 64], biased) == [] and asked == []  # no registry needed

@@ -41,13 +41,15 @@ def strict_metric_context(ctx: Any, metric: str, requires: frozenset[str]) -> An
 def realistic_frame() -> Any:
     """A small results frame as ``load_results`` returns it: every schema column, a
     reference and three variants (one with a swept plugin option), two CFG scales, two
-    seeds, scalar and per-step metrics, a NaN value, a metric missing for one variant and
-    an error row."""
+    seeds, scalar and per-step metrics, a NaN value, a metric missing for one variant, an
+    error row, and a score that carries an array in ``blob`` with its ``value_sd``
+    (``fid_inf``: FID-infinity, with the (4, K) FID / KID curve it was fitted on)."""
     import math
 
+    import numpy as np
     import pandas as pd
 
-    from harness.schema import CATEGORICAL, COLUMNS
+    from harness.schema import CATEGORICAL, COLUMNS, encode_blob
 
     variants = [("reference", None, "none", 0.0, 0.0, 1.0), ("pruned", None, "magnitude", 0.5, 0.5, 1.0),
                 ("pruned", None, "random", 0.5, 0.5, 1.0), ("student", 0.5, "none", 0.0, 0.0, 0.52)]
@@ -70,6 +72,11 @@ def realistic_frame() -> Any:
             rows.append({**base, "cell_id": f"{zlib.crc32(name.encode()):08x}", "cell_name": name, "metric": metric,
                          "value": math.nan if (method, metric, seed) == ("magnitude", "fid_digits", 1) else v,
                          "timestep": t, "higher_is_better": hib})
+        if method in ("none", "magnitude"):  # rows 0-3: n, FID at n, KID at n, KID's s.d. at n
+            n = np.array([32.0, 48.0, 64.0])
+            curve = np.stack([n, value - 2.0 + 256.0 / n, 0.01 + 0 * n, 0.005 + 0 * n])
+            rows.append({**rows[-1], "metric": "fid_inf", "value": value - 2.0, "value_sd": 0.5, "timestep": math.nan,
+                         "higher_is_better": False, "blob": encode_blob(curve)})
     rows.append({**rows[-1], "metric": "clip_score", "value": math.nan, "status": "error",
                  "error": "RuntimeError: out of memory", "higher_is_better": True})
     df = pd.DataFrame(rows)
