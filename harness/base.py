@@ -386,6 +386,12 @@ class Metric(Plugin):
     def compute(self, ctx: MetricContext) -> float | dict[str, float] | list[dict[str, Any]]:
         raise NotImplementedError
 
+    def fingerprint(self, ctx: MetricContext) -> Any:
+        """What the values depend on besides the options and ``cache_version`` (JSON-able):
+        e.g. the feature extractor's weights hash. It enters the cached value's key, so a
+        value measured with other weights is not reused. Default: nothing (``None``)."""
+        return None
+
 
 class WorkUnit(Protocol):
     """Cells that share one model variant (:class:`harness.planner.WorkUnit`).

@@ -70,6 +70,8 @@ class MetricStage:
             "cell_seed": cell.axes["seed"],
             "bench_seed": self.s.cfg.benchmark.seed,
         }
+        if type(metric).fingerprint is not Metric.fingerprint:  # e.g. the feature extractor's weights
+            config["fingerprint"] = metric.fingerprint(self.context(cell, name, metric, inputs))
         if req & SAMPLE_REQS:
             ref = bool(req & REFERENCE_REQS)
             config.update({

@@ -36,7 +36,11 @@ def bench_register_metrics(register):  # noqa: ANN001, ANN201 - signature fixed 
     for cls in (*TRAJECTORY_METRICS, SyntheticQuality):
         register(cls)
 
+    from plugins.metrics.distribution import DISTRIBUTION_METRICS
     from plugins.metrics.visual import VISUAL_METRICS
+
+    for cls in DISTRIBUTION_METRICS:
+        register(cls)
 
     for cls in VISUAL_METRICS:
         register(cls)

@@ -12,11 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from harness import ConfigError, Metric, MetricContext, build_registry
+from harness import ConfigError, MetricContext, build_registry
 from plugins.features.inception import ENV_VAR, INCEPTION_FILE
-
-#: features without a dataset to name them (a dataset's ``default_features`` otherwise)
-DEFAULT_FEATURES = "inception"
+from plugins.metrics._features import FeatureMetric, feature_options_field, features_field
 
 
 def _option_names(cls: type) -> set[str]:
@@ -29,14 +27,8 @@ def _option_names(cls: type) -> set[str]:
 
 @dataclass
 class FIDOptions:
-    features: str | None = field(
-        default=None,
-        metadata={"help": "feature extractor (bench list features); default: the dataset's default_features",
-                  "plugin": "features"},
-    )
-    feature_options: dict = field(
-        default_factory=dict, metadata={"help": "options of the feature extractor (e.g. {weights = \"...\"})"}
-    )
+    features: str | None = features_field()
+    feature_options: dict[str, Any] = feature_options_field()
     weights: str | None = field(
         default=None,
         metadata={"help": f"the extractor's weights option: for inception a local {INCEPTION_FILE} (file or "
@@ -45,7 +37,7 @@ class FIDOptions:
     batch_size: int | None = field(default=None, metadata={"help": "the extractor's batch_size (images per pass)"})
 
 
-class FID(Metric):
+class FID(FeatureMetric):
     """Frechet distance between the features of the samples and of the dataset's real reference images.
 
     fid = ||mu_s - mu_r||^2 + Tr(C_s + C_r - 2 (C_s C_r)^(1/2)) (Heusel et al. 2017),
@@ -69,16 +61,7 @@ class FID(Metric):
     #: 2: features from harness.get_feature_extractor (1: clean-fid's Inception only)
     cache_version: ClassVar[str] = "2"
 
-    def _opts(self) -> FIDOptions:
-        return self.options or FIDOptions()
-
-    def feature_name(self, ctx: MetricContext) -> str:
-        """The extractor: the option, else the dataset's ``default_features``, else ``inception``."""
-        if self._opts().features:
-            return self._opts().features
-        return ctx.dataset.default_features if ctx.dataset is not None else DEFAULT_FEATURES
-
-    def feature_options(self, name: str) -> dict[str, Any]:
+    def extractor_options(self, name: str) -> dict[str, Any]:
         """``feature_options`` with the ``weights`` / ``batch_size`` shortcuts, when set.
 
         :raises harness.ConfigError: a shortcut the extractor ``name`` has no option for
@@ -98,13 +81,8 @@ class FID(Metric):
 
     def compute(self, ctx: MetricContext) -> list[dict[str, Any]]:
         """One row; ``reference`` / ``num_reference`` say which real features it was measured against."""
-        from harness import get_feature_extractor, reference_features
         from plugins.metrics._frechet import feature_stats, frechet_distance
 
-        name = self.feature_name(ctx)
-        extractor = get_feature_extractor(name, ctx, **self.feature_options(name))
-        real, reference = reference_features(ctx, extractor)
-        mu_r, sigma_r = feature_stats(real.double().numpy())
-        mu_s, sigma_s = feature_stats(extractor(ctx.samples).double().numpy())
-        value = frechet_distance(mu_s, sigma_s, mu_r, sigma_r)
-        return [{"metric": self.name, "value": value, "reference": reference, "num_reference": len(real)}]
+        f = self.cell_features(ctx)
+        value = frechet_distance(*feature_stats(f.fake.numpy()), *feature_stats(f.real.numpy()))
+        return [f.row(self.name, value)]

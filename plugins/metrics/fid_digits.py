@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from plugins.metrics.fid import FID, FIDOptions
 
 
@@ -21,6 +23,10 @@ class FIDDigits(FID):
 
     name = "fid_digits"
     Options = None
+
+    @classmethod
+    def contract_fixtures(cls, folder: Any) -> dict[str, Any]:
+        return {}  # no options: the checks train the full classifier on the stand-in digits
 
     def _opts(self) -> FIDOptions:
         return FIDOptions(features="digits")
