@@ -156,3 +156,27 @@ def test_a_third_party_extractor_is_listed_and_works_with_fid(tmp_path, extra_pl
     assert (df["value"] >= 0).all() and df["value"].nunique() > 1
     assert df["reference"].str.contains("/mine:").all() and df["reference"].nunique() == 1
     assert len(list((tmp_path / ".cache" / "reference_features").glob("*/meta.json"))) == 1
+
+
+@pytest.mark.parametrize("cls", [DigitsFeatures, InceptionFeatures, CLIPFeatures], ids=lambda c: c.name)
+def test_kid_of_two_real_subsets_is_within_its_spread_of_zero(cls, tmp_path):
+    """Two disjoint halves of the real training digits come from one distribution: on every
+    built-in extractor (its kernel scaling included) KID lies within 2 s.d. of 0, while a
+    real half against the other half upside down lies clearly above it."""
+    from harness.testing import contract_fixtures
+    from plugins.metrics._kernels import kid
+
+    options = contract_fixtures(cls).get("options", {})
+    extractor = cls(**options)
+    extractor.setup(device="cpu", cache=ArtifactCache(tmp_path), dataset=DigitsDataset(image_size=16))
+    images = ((DigitsDataset(image_size=16).load("train").images[:192] + 1) / 2).clamp(0, 1)
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    a, b = images[perm[:96]], images[perm[96:]]
+    flipped = b.flip(-2)
+    fa, fb, fflip = (extractor.kernel_features(extractor(x)).double().numpy() for x in (a, b, flipped))
+    mean, sd = kid(fa, fb, num_subsets=50, subset_size=48, seed=0)
+    assert abs(mean) <= 2 * sd, (cls.name, mean, sd)
+    if cls is DigitsFeatures:  # random weights (inception, clip) need not tell digits apart
+        shifted, shifted_sd = kid(fa, fflip, num_subsets=50, subset_size=48, seed=0)
+        # the s.d. is one subset's spread (clean-fid's, torch-fidelity's convention), not the mean's error
+        assert shifted > max(shifted_sd, 10 * abs(mean)), (shifted, shifted_sd, mean)

@@ -416,7 +416,7 @@ QUICKSTART = REPO / "benchmarks" / "quickstart.toml"
 #: (training results depend on the thread count: the run's one setting must reach Ray's workers)
 TINY_UNET = ["model.train.epochs=1", "model.distill.epochs=1", "matrix.size_factor=[0.5]", "matrix.cfg_scale=[3.0]",
              "matrix.seed=[0]", "sampling.num_samples=16", "sampling.steps=5",
-             'metrics.names=["fid_digits", "feature_distance"]', "execution.threads=2"]
+             'metrics.names=["fid_digits", "feature_distance", "kid", "prdc", "fid_inf"]', "execution.threads=2"]
 
 
 def test_the_executor_does_not_change_the_numbers_of_a_unet(ray_instance, tmp_path):
@@ -428,6 +428,9 @@ def test_the_executor_does_not_change_the_numbers_of_a_unet(ray_instance, tmp_pa
         assert pd.read_json(summary.run_dir / "_manifest.json", typ="series")["threads"] == 2
         frames[name] = _comparable(harness.load_results(tmp_path / name))
     local, remote = frames["local"], frames["ray"]
-    assert len(local) == 4 and local["value"].notna().all()
+    assert len(local) == 2 * 8 and local["value"].notna().all()  # kid, fid_inf: value_sd; prdc: four rows
     pd.testing.assert_series_equal(remote["value"], local["value"], rtol=1e-6, atol=0)
-    pd.testing.assert_frame_equal(remote.drop(columns="value"), local.drop(columns="value"))
+    pd.testing.assert_series_equal(remote["value_sd"], local["value_sd"], rtol=1e-6, atol=0)
+    assert local["blob"].notna().sum() == remote["blob"].notna().sum() == 2  # fid_inf's curves (floats: rtol above)
+    floats = ["value", "value_sd", "blob"]
+    pd.testing.assert_frame_equal(remote.drop(columns=floats), local.drop(columns=floats))
