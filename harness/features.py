@@ -100,8 +100,6 @@ def unit_length_kernel_features(features: torch.Tensor) -> torch.Tensor:
     would then be dominated by a few large inner products): the kernel sees directions
     only, in [-1, 1], whatever the network's scale.
     """
-    import torch
-
     f = features.double()
     return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12) * float(f.shape[1]) ** 0.5 if len(f) else f
 

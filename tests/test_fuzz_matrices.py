@@ -479,7 +479,7 @@ def broken_toml(draw: st.DrawFn) -> Case:
             lines[i] = line.rstrip().rstrip("]")
         else:
             lines[i] = line + " " + draw(st.sampled_from(["x", "1", "= 2", "]", '"a"']))
-    return Case("broken TOML", f"{how} at line {i + 1}", "\n".join(lines) + "\n", (f"invalid TOML: ",))
+    return Case("broken TOML", f"{how} at line {i + 1}", "\n".join(lines) + "\n", ("invalid TOML: ",))
 
 
 def _line_of(case: Case) -> int:

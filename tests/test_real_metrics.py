@@ -19,13 +19,11 @@ Caches point at temporary folders and downloads are off (``HF_HUB_OFFLINE=1``).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from harness.base import Conditions, Dataset, ImageBatch, MetricContext
 from harness.cache import ArtifactCache
@@ -38,7 +36,7 @@ from plugins.metrics import lpips_metric as lpips_mod
 from plugins.metrics.clip_score import CLIPScore
 from plugins.metrics.fid import FID
 from plugins.metrics.lpips_metric import LPIPS
-from _weights import random_fid_inception, save_random_clip
+from _weights import save_random_clip
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ the CLI ends in the four figure folders.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -17,11 +16,10 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.base import Conditions, MetricContext
+from harness.base import MetricContext
 from harness.cli import main
 from harness.metric_values import normalise_metric_result
 from harness.errors import CellError
-from harness.planner import Cell, VariantSpec
 from harness.schema import COLUMNS, decode_blob, encode_blob
 from harness.store import ResultStore, add_reference, load_results
 from harness.tables import export, format_table, summarize

@@ -13,7 +13,7 @@ to use when.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from harness import MetricContext, encode_blob
 from plugins.metrics._features import FeatureMetric, feature_options_field, features_field
