@@ -52,7 +52,8 @@ def _hub_path() -> Path:
 
 def _how_to_fix() -> str:
     return (
-        f'set [metrics.fid] weights = "/path/to/{INCEPTION_FILE}" or {ENV_VAR}=/path/to/{INCEPTION_FILE} '
+        f'set [metrics.fid] weights = "/path/to/{INCEPTION_FILE}" (kid, prdc, fid_inf: feature_options = '
+        f'{{weights = "..."}}) or {ENV_VAR}=/path/to/{INCEPTION_FILE} '
         f"(download: {INCEPTION_URL})"
     )
 

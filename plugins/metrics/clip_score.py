@@ -64,7 +64,8 @@ def _remote_file(model_name: str, pretrained: str) -> str:
 def _how_to_fix(model_name: str, pretrained: str) -> str:
     source = _remote_file(model_name, pretrained)
     return (
-        f'set [metrics.clip_score] weights = "/path/to/checkpoint" or {ENV_VAR}=/path/to/checkpoint '
+        f'set [metrics.clip_score] weights = "/path/to/checkpoint" (cmmd: feature_options = {{weights = "..."}}) '
+        f'or {ENV_VAR}=/path/to/checkpoint '
         f"(download: {source})"
     )
 
