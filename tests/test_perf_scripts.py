@@ -33,6 +33,20 @@ def test_sampler_throughput_quick(tmp_path: Path) -> None:
     assert re.fullmatch(r"sampler vs best hand-written loop \(channels-last\): \d+\.\d\dx", lines[-1])
 
 
+def test_sampler_throughput_mismatch_exits_1(tmp_path: Path) -> None:
+    # a harness whose guidance scale is 1% off: far beyond float32 rounding, the script must fail
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import sampler_throughput as st, harness.diffusion as hd\n"
+        "orig = hd.guided_eps\n"
+        "hd.guided_eps = lambda f, x, t, c, n, s, mode: orig(f, x, t, c, n, s * 1.01, mode)\n"
+        "sys.exit(st.main(['--quick', '--device', 'cpu']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(PERF)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert re.search(r"same output: harness vs hand-written max \|diff\| = \S+ \(MISMATCH\)", proc.stdout)
+
+
 def _quick(script: str, tmp_path: Path) -> list[str]:
     proc = subprocess.run(
         [sys.executable, str(PERF / script), "--quick"], capture_output=True, text=True, timeout=300, cwd=tmp_path
