@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 PERF = REPO / "benchmarks" / "perf"
 
@@ -23,9 +25,26 @@ def test_sampler_throughput_quick(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert any(line.startswith("harness sampler (sample stage, ") for line in lines)
+    assert any(line.startswith("hand-written batched, split, channels-last ") for line in lines)  # the engine's layout
+    assert any(re.fullmatch(r"float32 rounding: split loop in NCHW .* vs channels-last max \|diff\| = \S+ = 2 steps "
+                            r"x eps32 1\.19e-07 x growth \d+; tolerance 4x = \S+", line) for line in lines)
     assert any(re.fullmatch(r"same output: harness vs hand-written max \|diff\| = \S+ \(ok\);.*", line) for line in lines)
     assert re.fullmatch(r"sampler vs per-image loop: \d+\.\dx", lines[-2])
-    assert re.fullmatch(r"sampler vs best hand-written loop: \d+\.\d\dx", lines[-1])
+    assert re.fullmatch(r"sampler vs best hand-written loop \(channels-last\): \d+\.\d\dx", lines[-1])
+
+
+def test_sampler_throughput_mismatch_exits_1(tmp_path: Path) -> None:
+    # a harness whose guidance scale is 1% off: far beyond float32 rounding, the script must fail
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import sampler_throughput as st, harness.diffusion as hd\n"
+        "orig = hd.guided_eps\n"
+        "hd.guided_eps = lambda f, x, t, c, n, s, mode: orig(f, x, t, c, n, s * 1.01, mode)\n"
+        "sys.exit(st.main(['--quick', '--device', 'cpu']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(PERF)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert re.search(r"same output: harness vs hand-written max \|diff\| = \S+ \(MISMATCH\)", proc.stdout)
 
 
 def _quick(script: str, tmp_path: Path) -> list[str]:
@@ -55,10 +74,25 @@ def test_diffusers_overhead_quick(tmp_path: Path) -> None:
     assert re.fullmatch(r"diffbench vs direct pipeline call: \d+\.\d\dx time", lines[-1])
 
 
+def test_ray_vs_local_quick(tmp_path: Path) -> None:
+    pytest.importorskip("ray")  # the ray extra
+    lines = _quick("ray_vs_local.py", tmp_path)  # 14 cells of 20 ms, local then on a local Ray instance
+    assert re.fullmatch(r"local: 14 cells in \S+ s \(20 ms of work per cell\)", lines[0])
+    assert re.fullmatch(r"ray \(2 workers\), warm workers: 14 cells in \S+ s", lines[-2])
+    assert re.fullmatch(r"ray \(2 workers\) vs local: \d+\.\dx", lines[-1])
+
+
+def test_perf_scripts_all_tested() -> None:
+    """Every script in benchmarks/perf/ has a smoke run in this file."""
+    text = Path(__file__).read_text()
+    missing = [p.name for p in sorted(PERF.glob("*.py")) if f'"{p.name}"' not in text]
+    assert not missing, f"perf scripts without a smoke test here: {missing}"
+
+
 def test_harness_overhead_small(tmp_path: Path) -> None:
-    # 19 cells of 10 ms: the script's bookkeeping end to end, the figure is not checked
+    # --quick: 19 cells of 10 ms: the script's bookkeeping end to end, the figure is not checked
     proc = subprocess.run(
-        [sys.executable, str(PERF / "harness_overhead.py"), "--work-s", "0.01", "--cells", "19"],
+        [sys.executable, str(PERF / "harness_overhead.py"), "--quick"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -10,7 +10,7 @@ is harness overhead; the one-off import of torch (seconds, whatever the matrix) 
 done before the clock starts and printed apart. It also times planning a 10,000-cell
 matrix.
 
-Usage: python benchmarks/perf/harness_overhead.py [--work-s 1.0] [--cells 200]
+Usage: python benchmarks/perf/harness_overhead.py [--work-s 1.0] [--cells 200] [--quick]
 Prints the figures last: ``harness overhead: 2.1% of wall time`` and
 ``plan 10,000 cells: 0.8 s``.
 """
@@ -96,7 +96,10 @@ def main() -> None:
     parser.add_argument("--work-s", type=float, default=1.0, help="simulated plugin work per cell (s)")
     parser.add_argument("--cells", type=int, default=200, help="about how many cells to run (19 per seed)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 19 cells of 10 ms")
     args = parser.parse_args()
+    if args.quick:
+        args.work_s, args.cells = 0.01, 19
 
     from harness import runner
     from harness.registry import build_registry
