@@ -34,21 +34,31 @@ EMA and clipping add no MACs, only memory traffic).
 
 Checks (exit 1 when one fails): the same-kernels loop and the engine end on identical
 weights (max |diff| <= ``SAME_TOL`` = 0: same ops, same order, same thread count); the
-fused contender within ``ROUNDING_TOL`` of them (max |diff| of the EMA weights; measured
-differences are ~1e-5 after 40 steps: float32 rounding of Adam's update, lr 2e-3, grows
-with the steps; the tolerance is 50x that). Torch threads are left as the engine leaves
-them (torch's default); ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (see
-``sampler_throughput.py``).
+other loops within ``ROUNDING_TOL`` of them (max |diff| of the final EMA weights, which
+are ~0.1 in size; measured: ~5e-6 after 30-40 steps, float32 rounding of Adam's update
+growing with the steps; the tolerance is 100x that). ``--threads`` sets torch's intra-op
+threads for every contender (default: torch's, as a local run); CPU seconds count all
+threads. ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (see ``sampler_throughput.py``).
 
-What remains (measured on 2 CPU cores, see ``README.md``): forward + backward of the UNet
-is ~97% of a step; AdamW (foreach) ~1.6%, clipping ~0.3%, EMA ~0.1%, the rest (batch
-gather, noise, layout copy) < 0.2%. The fused AdamW kernel would save ~1% of a step but
-changes the rounding of every stored model, so the engine keeps foreach; ``torch.compile``
-of the net costs ~2 minutes of compilation on 2 cores for <= 2% per step (less than the
-whole quickstart teacher's training saves), so it is not used on CPU.
+What remains (2 CPU cores, see ``README.md``): the engine's loop is the hand-written loop
+(the same kernels in the same order, bitwise the same weights); the model's forward and
+backward are ~95-97% of a step (oneDNN convolution backward alone ~57% of the CPU time,
+its 1x1 convolutions at a third of the 3x3s' MAC/s), AdamW (foreach) 2-4%, clipping
+< 1%, EMA 0.3%, the batch (gather, ``t``, noise, dropout, channels-last copy) 0.2%.
+Torch's fused AdamW kernel is ~half of foreach's cost (2.7 vs 6.3 ms a step) but rounds
+differently, which would change every stored model, so the engine keeps foreach (the
+fused loop is a contender: within noise of the others). ``torch.compile`` of the net took
+130 s to compile on 2 cores and ran a step within noise of eager (<= 2%), less than it
+costs on a whole quickstart teacher (690 steps), so it is not used on CPU (``--compile``
+measures it on your device). Channels-last input is within noise of NCHW in training
+(``--all``); torch without oneDNN is 2x slower. Threads: on a loaded 2-core machine one
+thread (275 ms a step) beats two (370-680 ms, 35% more CPU seconds in either case: the
+small kernels parallelise poorly); on an idle one two threads are ~1.45x one. The
+thread count is the run's ``[execution] threads``, not the loop's choice (results depend
+on it).
 
-Usage: python benchmarks/perf/training_throughput.py [--steps 40] [--repeats 3]
-       [--batch-size 64] [--device auto] [--all] [--compile] [--quick]
+Usage: python benchmarks/perf/training_throughput.py [--steps 30] [--repeats 5]
+       [--batch-size 64] [--threads N] [--device auto] [--all] [--compile] [--quick]
 Prints the set-up and MAC lines, a table, the checks and, last,
 ``training step vs best hand-written loop: 0.97x``.
 """
@@ -452,10 +462,11 @@ def report(b: Bench, args: argparse.Namespace, runs: dict[str, list[Timing]], we
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line; ``--quick`` shrinks the run to seconds."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run (the quickstart: 690)")
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run (the quickstart: 690)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step (the quickstart's 64)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best round counts")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the best round counts")
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--all", action="store_true", help="also time the hand-written loop on NCHW input")
     parser.add_argument("--compile", action="store_true",
                         help="also time the hand-written loop on torch.compile(net) (compiles in the warm-up)")
@@ -463,13 +474,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.batch_size, args.repeats = 3, 16, 1
-    if args.steps < 1 or args.batch_size < 1 or args.repeats < 1:
-        parser.error("--steps, --batch-size and --repeats must be >= 1")
+    if min(args.steps, args.batch_size, args.repeats, args.threads or 1) < 1:
+        parser.error("--steps, --batch-size, --repeats and --threads must be >= 1")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="training-throughput-") as tmp:
         bench = build_bench(args, Path(tmp))
         macs = training_macs(bench, min(bench.cfg.batch_size, bench.images.shape[0]))
