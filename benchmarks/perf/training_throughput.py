@@ -264,7 +264,7 @@ def make_contenders(b: Bench, args: argparse.Namespace) -> dict[str, Contender]:
     def hand(net: nn.Module | None = None, **kw: Any) -> Contender:
         def run() -> tuple[Timing, torch.Tensor]:
             eager = b.reset()  # a compiled net shares the eager net's parameters
-            return timed(lambda: hand_written(b, net or eager, **kw), b.device), b.weights()
+            return timed(lambda: hand_written(b, eager if net is None else net, **kw), b.device), b.weights()
 
         return run
 
