@@ -100,3 +100,22 @@ def test_harness_overhead_small(tmp_path: Path) -> None:
     assert lines[0].startswith("cells run: 19 ")
     assert re.fullmatch(r"plan 10,000 cells: \d+\.\d\d s", lines[-2])
     assert re.fullmatch(r"harness overhead: \d+\.\d% of wall time", lines[-1])
+
+
+def test_training_throughput_quick(tmp_path: Path) -> None:
+    # --quick: 3 steps of batch 16, 1 round; the engine and the same-kernels loop must end on the same weights
+    proc = subprocess.run(
+        [sys.executable, str(PERF / "training_throughput.py"), "--quick", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert re.fullmatch(r"MACs per image: forward [\d.]+ M, forward\+backward [\d.]+ M \([\d.]+x forward\)", lines[1])
+    assert any(line.startswith("engine (train_teacher, a cell's path) ") for line in lines)
+    assert any(line.startswith("same weights after the steps, max |diff| to the engine: same kernels 0.00e+00 (tol 0, ok)")
+               for line in lines)
+    assert re.fullmatch(r"training step vs best hand-written loop: \d+\.\d\dx", lines[-1])
